@@ -178,22 +178,15 @@ def split_by_group(records: list[QARecord], split: SplitParams) -> dict[str, lis
 
 def load_sources(params: IngestParams, params_file: Path) -> tuple[list[Doc], list[QARecord]]:
     """Read the KB and QA sources chosen in params."""
-    if params.source == "folder":
-        assert params.kb_folder is not None  # guaranteed by IngestParams
-        docs = docs_from_folder(resolve(params_file, params.kb_folder))
-    else:
+    if params.source == "packaged":
         summaries = json.loads(read_text(package_file(WIKI_PACKAGE, WIKI_FILE)))
         docs = docs_from_wiki_summaries(summaries)
-    doc_ids = {doc.id for doc in docs}
-    if params.qa_file is not None:
-        qa_path = resolve(params_file, params.qa_file)
-        records = read_qa(qa_path)
-        check_qa_references(records, doc_ids, qa_path)
-    elif params.source == "packaged":
         questions = json.loads(read_text(package_file(FANOUT_PACKAGE, FANOUT_FILE)))
-        records = qa_from_fanout(questions, doc_ids)
-    else:
-        raise InputError("ingest.qa_file: a folder KB needs a QA file (canonical QA .jsonl)")
+        return docs, qa_from_fanout(questions, {doc.id for doc in docs})
+    docs = docs_from_folder(resolve(params_file, params.kb_folder))
+    qa_path = resolve(params_file, params.qa_file)
+    records = read_qa(qa_path)
+    check_qa_references(records, {doc.id for doc in docs}, qa_path)
     return docs, records
 
 

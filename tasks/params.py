@@ -47,16 +47,12 @@ class SplitParams(Section):
 
 
 class IngestParams(Section):
-    source: Literal["packaged", "folder"]
-    kb_folder: Path | None = None
-    qa_file: Path | None = None
-    split: SplitParams
+    """`source: packaged` reads the bundled KB and questions; `folder` reads the two paths."""
 
-    @model_validator(mode="after")
-    def _folder_needs_path(self) -> IngestParams:
-        if self.source == "folder" and self.kb_folder is None:
-            raise ValueError("source 'folder' needs kb_folder (a folder of .jsonl/.md/.txt files)")
-        return self
+    source: Literal["packaged", "folder"]
+    kb_folder: Path
+    qa_file: Path
+    split: SplitParams
 
 
 class ValidateParams(Section):

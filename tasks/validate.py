@@ -1,0 +1,328 @@
+"""Stage `validate`: great-expectations suites on the KB docs and the QA splits.
+
+Every later stage trusts these files, so bad data stops the pipeline here, with a message that
+names the suite, the expectation and a few offending records, and a GX data docs report (HTML)
+that shows the rest. The report and `summary.json` are written whether the suites pass or fail:
+a failed run's report is the one the user opens.
+
+Checks that need more than one column or one record (a group in two splits, a character share)
+are computed in pandas as derived columns, so each GX expectation stays a plain column check
+whose offending rows GX can name by record id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import great_expectations as gx  # analytics are off: tasks/__init__.py sets the environment
+import numpy as np
+import pandas as pd
+from great_expectations.data_context.types.base import (
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+
+from tasks.io import InputError, atomic_path, run_stage, write_json
+from tasks.params import ValidateParams, load_params, resolve
+from tasks.records import Doc, QARecord, read_docs, read_qa_splits
+
+# C0/C1 controls except the whitespace a text legitimately holds, plus U+FFFD, which a decoder
+# writes for bytes it could not read.
+CONTROL_CHARS = {
+    c: None for c in [*range(0x20), *range(0x7F, 0xA0), 0xFFFD] if chr(c) not in "\t\n\r"
+}
+BLANK = r"^\s*$"  # valid in RE2 too: pandas runs regexes on pyarrow strings with it
+ROWS = {"docs": "docs", "qa": "questions", "qa_doc_ids": "doc_id references"}
+GX_KWARGS = ("batch_id", "column", "result_format")  # bookkeeping, not what the check demands
+
+
+def control_char_share(text: str) -> float:
+    """Share of control or replacement characters: high means a decoding accident, not prose."""
+    return (len(text) - len(text.translate(CONTROL_CHARS))) / len(text) if text else 0.0
+
+
+def docs_frame(docs: list[Doc]) -> pd.DataFrame:
+    """One row per doc, with the derived `control_char_share`."""
+    frame = pd.DataFrame([(d.id, d.title, d.text) for d in docs], columns=["id", "title", "text"])
+    frame["control_char_share"] = frame["text"].map(control_char_share).astype(float)
+    return frame
+
+
+def qa_frame(splits: Mapping[str, list[QARecord]]) -> pd.DataFrame:
+    """One row per QA record with its split; `n_splits` counts the splits its group appears in."""
+    rows = [
+        (r.id, split, r.group, r.question, sum(bool(a.strip()) for a in r.answers))
+        for split, records in splits.items()
+        for r in records
+    ]
+    frame = pd.DataFrame(rows, columns=["id", "split", "group", "question", "n_answers"])
+    frame["n_splits"] = frame.groupby("group")["split"].transform("nunique").astype(int)
+    return frame
+
+
+def qa_doc_ids_frame(splits: Mapping[str, list[QARecord]], kb_ids: set[str]) -> pd.DataFrame:
+    """One row per (QA record, gold doc id) with `in_kb`.
+
+    Membership is computed here rather than with a GX value set: GX copies an expectation's
+    arguments many times per run, which costs seconds for a 10,000-id set and grows with the KB.
+    """
+    rows = [
+        (r.id, d, d in kb_ids) for records in splits.values() for r in records for d in r.doc_ids
+    ]
+    return pd.DataFrame(rows, columns=["id", "doc_id", "in_kb"]).astype({"in_kb": bool})
+
+
+def docs_suite(params: ValidateParams) -> gx.ExpectationSuite:
+    ex = gx.expectations
+    return gx.ExpectationSuite(
+        name="docs",
+        expectations=[
+            ex.ExpectColumnValuesToNotBeNull(column="id"),
+            ex.ExpectColumnValuesToNotMatchRegex(column="id", regex=BLANK),
+            ex.ExpectColumnValuesToBeUnique(column="id"),
+            ex.ExpectColumnValuesToNotMatchRegex(column="text", regex=BLANK),
+            ex.ExpectColumnValueLengthsToBeBetween(
+                column="text", min_value=params.doc_min_chars, max_value=params.doc_max_chars
+            ),
+            ex.ExpectColumnValuesToNotMatchRegex(column="title", regex=BLANK),
+            ex.ExpectColumnValueLengthsToBeBetween(
+                column="title", max_value=params.title_max_chars
+            ),
+            ex.ExpectColumnValuesToBeBetween(
+                column="control_char_share",
+                max_value=params.max_control_char_share,
+                notes="Share of control characters (except tab, newline, CR) or U+FFFD in text.",
+            ),
+        ],
+    )
+
+
+def qa_suite() -> gx.ExpectationSuite:
+    ex = gx.expectations
+    return gx.ExpectationSuite(
+        name="qa",
+        expectations=[
+            ex.ExpectColumnValuesToBeUnique(column="id", notes="Record ids across all splits."),
+            ex.ExpectColumnValuesToNotMatchRegex(column="question", regex=BLANK),
+            ex.ExpectColumnValuesToBeBetween(
+                column="n_answers", min_value=1, notes="Number of non-blank answers."
+            ),
+            ex.ExpectColumnValuesToBeBetween(
+                column="n_splits",
+                max_value=1,
+                notes="Splits holding the record's group: more than one leaks train into test.",
+            ),
+        ],
+    )
+
+
+def qa_doc_ids_suite() -> gx.ExpectationSuite:
+    return gx.ExpectationSuite(
+        name="qa_doc_ids",
+        expectations=[
+            gx.expectations.ExpectColumnValuesToBeInSet(
+                column="in_kb", value_set=[True], notes="Every gold `doc_id` must be a KB doc id."
+            )
+        ],
+    )
+
+
+class SuiteCheck(NamedTuple):
+    """A suite, the frame it checks, and the columns that name an offending row."""
+
+    suite: gx.ExpectationSuite
+    frame: pd.DataFrame
+    index_columns: tuple[str, ...] = ("id",)
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    """One expectation's result, reduced to what a user needs to find the bad records."""
+
+    suite: str
+    expectation: str
+    column: str | None
+    kwargs: dict[str, Any]
+    success: bool
+    rows: int
+    unexpected: int
+    examples: list[dict[str, Any]]  # {"id": record id, other column: its value, ...}
+
+    def describe(self, row_name: str) -> str:
+        args = ", ".join([f"column {self.column}"] + [f"{k} {v}" for k, v in self.kwargs.items()])
+        shown = []
+        for example in self.examples:
+            context = ", ".join(f"{k} {v!r}" for k, v in example.items() if k != "id")
+            shown.append(f"{example['id']!r}" + (f" ({context})" if context else ""))
+        return (
+            f"suite '{self.suite}', expectation {self.expectation} ({args}): "
+            f"{self.unexpected} of {self.rows} {row_name}, e.g. {', '.join(shown)}"
+        )
+
+
+@dataclass(frozen=True)
+class SuiteOutcome:
+    name: str
+    success: bool
+    rows: int
+    expectations: list[ExpectationOutcome]
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    suites: list[SuiteOutcome]
+
+    @property
+    def success(self) -> bool:
+        return all(s.success for s in self.suites)
+
+    def failures(self) -> list[ExpectationOutcome]:
+        return [e for s in self.suites for e in s.expectations if not e.success]
+
+    def message(self, data_docs_index: Path) -> str:
+        """One line per failed expectation, then where the full report is."""
+        lines = [e.describe(ROWS.get(e.suite, "rows")) for e in self.failures()]
+        return "\n".join(
+            ["validation failed:", *(f"  {line}" for line in lines), f"report: {data_docs_index}"]
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "success": self.success,
+            "rows": {s.name: s.rows for s in self.suites},
+            "evaluated_expectations": sum(len(s.expectations) for s in self.suites),
+            "failed_expectations": len(self.failures()),
+            "suites": {s.name: asdict(s) for s in self.suites},
+        }
+
+
+def shorten(value: Any, limit: int = 40) -> Any:
+    """An offending value short enough for one message line (a too-long text is 20,000 chars)."""
+    if isinstance(value, np.generic):  # GX hands back numpy scalars; JSON wants Python ones
+        value = value.item()
+    if isinstance(value, str) and len(value) > limit:
+        return value[: limit - 1] + "…"
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def expectation_outcome(
+    suite: str, result: Any, index_columns: tuple[str, ...], report_examples: int
+) -> ExpectationOutcome:
+    """Reduce a GX ExpectationValidationResult to counts and a few offending records.
+
+    GX adds the checked column's value to each unexpected index entry; it is kept when the index
+    is the bare id (it shows what is wrong), dropped when other index columns say it better.
+    """
+    config, details = result.expectation_config, result.result
+    column = config.kwargs.get("column")
+    keep = set(index_columns) | ({column} if index_columns == ("id",) else set())
+    examples: list[dict[str, Any]] = []
+    for entry in details.get("unexpected_index_list") or []:
+        if len(examples) == report_examples:
+            break
+        if all(e["id"] != entry["id"] for e in examples):
+            examples.append({k: shorten(v) for k, v in entry.items() if k in keep})
+    return ExpectationOutcome(
+        suite=suite,
+        expectation=config.type,
+        column=column,
+        kwargs={k: v for k, v in config.kwargs.items() if k not in GX_KWARGS and v is not None},
+        success=bool(result.success),
+        rows=int(details.get("element_count", 0)),
+        unexpected=int(details.get("unexpected_count", 0)),
+        examples=examples,
+    )
+
+
+def data_docs_site(docs_dir: Path) -> dict[str, Any]:
+    """A GX data docs site config writing static HTML into docs_dir (index.html at its top)."""
+    return {
+        "class_name": "SiteBuilder",
+        "store_backend": {
+            "class_name": "TupleFilesystemStoreBackend",
+            "base_directory": str(docs_dir.resolve()),  # GX rejects a relative path here
+        },
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    }
+
+
+def run_suites(
+    checks: list[SuiteCheck], report_examples: int, docs_dir: Path | None
+) -> ValidationReport:
+    """Validate each frame in an in-memory GX context; build data docs into docs_dir if given.
+
+    Rendering the HTML costs about as much as validating small data, so callers that only
+    need the verdict (tests, a quick check) pass None.
+    """
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        data_docs_sites={"local_site": data_docs_site(docs_dir)} if docs_dir else {},
+        progress_bars=ProgressBarsConfig(globally=False),
+        analytics_enabled=False,
+    )
+    context = gx.get_context(project_config=config, mode="ephemeral")
+    source = context.data_sources.add_pandas("ragloop")
+    outcomes = []
+    for suite, frame, index_columns in checks:
+        asset = source.add_dataframe_asset(suite.name)
+        batch = asset.add_batch_definition_whole_dataframe(suite.name)
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=suite.name, data=batch, suite=context.suites.add(suite))
+        )
+        # COMPLETE + index columns: GX names offending rows by record id, not by row number.
+        result_format = {
+            "result_format": "COMPLETE",
+            "unexpected_index_column_names": list(index_columns),
+        }
+        result = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+        expectations = [
+            expectation_outcome(suite.name, r, index_columns, report_examples)
+            for r in result.results
+        ]
+        outcomes.append(SuiteOutcome(suite.name, bool(result.success), len(frame), expectations))
+    if docs_dir:
+        context.build_data_docs()
+    return ValidationReport(outcomes)
+
+
+def validate(
+    docs: list[Doc],
+    splits: Mapping[str, list[QARecord]],
+    params: ValidateParams,
+    docs_dir: Path | None = None,
+) -> ValidationReport:
+    """Run the docs, QA and QA-reference suites; the caller decides what a failure means."""
+    kb_ids = {d.id for d in docs}
+    checks = [
+        SuiteCheck(docs_suite(params), docs_frame(docs)),
+        SuiteCheck(qa_suite(), qa_frame(splits)),
+        SuiteCheck(qa_doc_ids_suite(), qa_doc_ids_frame(splits, kb_ids), ("id", "doc_id")),
+    ]
+    return run_suites(checks, params.report_examples, docs_dir)
+
+
+def main(params_file: Path = Path("params.yaml")) -> None:
+    params = load_params(params_file)
+    docs = read_docs(resolve(params_file, params.paths.kb_docs))
+    splits = read_qa_splits(resolve(params_file, params.paths.qa_dir))
+    out_dir = resolve(params_file, params.paths.validate_dir)
+
+    with atomic_path(out_dir) as tmp_dir:
+        report = validate(docs, splits, params.validate_, tmp_dir / "data_docs")
+        write_json(tmp_dir / "summary.json", report.summary())
+    index = out_dir / "data_docs" / "index.html"
+    if not report.success:
+        raise InputError(report.message(index))
+
+    for suite in report.suites:
+        passed = f"{len(suite.expectations)} expectations passed"
+        print(f"validate: {suite.name:10s} {suite.rows:6d} {ROWS[suite.name]}, {passed}")
+    print(f"validate: report {index}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
