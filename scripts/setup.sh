@@ -19,6 +19,8 @@ python="${PYTHON:-python3.11}"
 command -v "$python" >/dev/null || python=python3
 [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip install --disable-pip-version-check --quiet)
+# Keep the log readable: this machine's pip configuration names index folders that are absent.
+exec 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
 echo "setup: torch 2.13.0 (CPU)"
 "${pip[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"

@@ -63,7 +63,7 @@ def find_duplicates(docs: list[Doc], params: DedupParams) -> list[Dropped]:
     kept_by_hash: dict[str, Doc] = {}
     kept: dict[str, tuple[Doc, set[str]]] = {}
     dropped: list[Dropped] = []
-    for doc in tqdm(sorted(docs, key=lambda d: d.id), desc="dedup", unit="doc", leave=False):
+    for doc in tqdm(sorted(docs, key=lambda d: d.id), desc="dedup", unit="doc", disable=None):
         digest = text_hash(doc.text)
         if digest in kept_by_hash:
             original = kept_by_hash[digest]
