@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from tasks import dedup, ingest
@@ -101,3 +102,24 @@ def test_stage_writes_docs_qa_dropped_and_metrics(tmp_path: Path) -> None:
     }
     records = [r for split in read_qa_splits(out / "qa").values() for r in split]
     assert {r.id: r.doc_ids for r in records}["qz"] == [rows[1]["id"]]
+
+
+def test_every_copy_above_threshold_is_found() -> None:
+    """LSH is a filter: no pair at or above the threshold may slip through it."""
+    rng = random.Random(3)
+    vocab = [f"w{i}" for i in range(5000)]
+    originals = [doc(f"a{i:03d}", " ".join(rng.choices(vocab, k=80))) for i in range(60)]
+    copies = []
+    for i, original in enumerate(originals):
+        words = original.text.split()
+        for position in rng.sample(range(80), k=2 + i % 2):  # Jaccard ~0.86 or ~0.79
+            words[position] = "edited"
+        copies.append(doc(f"b{i:03d}", " ".join(words)))
+    above = {
+        c.id
+        for c, o in zip(copies, originals, strict=True)
+        if dedup.jaccard(dedup.shingles(c.text, 3), dedup.shingles(o.text, 3)) >= PARAMS.threshold
+    }
+    dropped = {d.id for d in dedup.find_duplicates(originals + copies, PARAMS)}
+    assert 25 <= len(above) < len(copies)  # both sides of the threshold are exercised
+    assert dropped == above
