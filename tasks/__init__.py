@@ -20,5 +20,11 @@ for _name, _value in {
     "PREFECT_HOME": str(_PROJECT / ".state" / "prefect"),
     "HF_HOME": str(_PROJECT / ".state" / "huggingface"),
     "TOKENIZERS_PARALLELISM": "false",
+    # The temporary Prefect API's telemetry phones home and, on a fresh sqlite database,
+    # races the migrations ("database is locked" at every start).
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }.items():
     os.environ.setdefault(_name, _value)
+
+# Prefect creates its home without parents; when it cannot, its temporary API times out.
+Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)

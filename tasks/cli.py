@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(
@@ -13,3 +15,150 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """ragloop: keep a RAG system fine-tuned as its knowledge base changes."""
+
+
+# --- registry and orchestration (issue 6) -------------------------------------------------
+# mlflow and prefect are imported inside the commands: `ragloop --help` should not pay ~2 s.
+
+PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="the project's params.yaml")
+
+
+def _model_or_judged(model: str | None, params_file: Path) -> str:
+    from tasks.params import load_params
+
+    return model or load_params(params_file).register_.judged
+
+
+@app.command()
+def promote(
+    version: str = typer.Option(..., help="the registered version to make champion"),
+    model: str = typer.Option(None, help="registered model (default: register.judged)"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Make a version the champion by hand (the gate is bypassed; the old one stays restorable)."""
+    from tasks.registry import RegistryError, registry_client
+    from tasks.registry import promote as promote_version
+
+    name = _model_or_judged(model, params)
+    try:
+        replaced = promote_version(registry_client(params), name, version, by="manual")
+    except RegistryError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"{name}: v{version} is champion" + (f" (was v{replaced})" if replaced else ""))
+
+
+@app.command()
+def rollback(
+    model: str = typer.Option(None, help="registered model (default: register.judged)"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Put the previous champion back."""
+    from tasks.registry import RegistryError, registry_client
+    from tasks.registry import rollback as rollback_model
+
+    name = _model_or_judged(model, params)
+    try:
+        retired, restored = rollback_model(registry_client(params), name)
+    except RegistryError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"{name}: v{restored} is champion again (v{retired} retired)")
+
+
+@app.command()
+def status(params: Path = PARAMS_OPTION) -> None:
+    """Champion, challenger and previous champion of each registered model, with metrics."""
+    from tasks.params import load_params
+    from tasks.registry import registry_client
+    from tasks.registry import status as registry_status
+    from tasks.tracking import metric_key
+
+    settings = load_params(params)
+    gate = settings.register_.gate
+    shown = [metric_key(m) for m in [*gate.primary, *gate.tracked]]
+    rows = registry_status(registry_client(params), settings.register_.models)
+    if not rows:
+        typer.echo("no registered versions yet: run the pipeline (`dvc repro` or the flow)")
+        return
+    # One plain line per alias: readable in any terminal width, and greppable.
+    for row in rows:
+        values = " ".join(f"{m}={row.metrics[m]:.4f}" for m in shown if m in row.metrics)
+        run = f"run {row.run_id[:12]}" if row.run_id else "no run"
+        typer.echo(f"{row.model:20s} {row.alias:17s} v{row.version:<4s} {values}  ({run})")
+
+
+@app.command()
+def schedule(
+    cron: str = typer.Option(..., help='cron expression, e.g. "0 3 * * *" (daily at 03:00)'),
+    on_change: bool = typer.Option(
+        False, "--on-change", help="serve the KB watcher: retrain only if the KB changed"
+    ),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Serve the retrain flow (or the KB watcher) on a cron schedule; needs a Prefect server."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        typer.echo(
+            "error: schedules need a Prefect server (the temporary local API cannot schedule).\n"
+            "  start one:  prefect server start\n"
+            "  then:       export PREFECT_API_URL=http://127.0.0.1:4200/api",
+            err=True,
+        )
+        raise typer.Exit(2)
+    from flows.retrain import retrain
+    from flows.watch import watch
+
+    target = watch if on_change else retrain
+    target.serve(
+        name=f"{target.name}-scheduled",
+        cron=cron,
+        parameters={"params_file": str(params.resolve())},
+    )
+
+
+# --- retrieval (issue 3) --------------------------------------------------------------------
+
+INDEX_OPTION = typer.Option(None, "--index", help="index folder (default: paths.index_dir)")
+
+
+@app.command()
+def search(
+    query: str = typer.Argument(..., help="the question or keywords"),
+    mode: str = typer.Option("hybrid", help="dense | bm25 | hybrid (weighted RRF, tuned if tuned)"),
+    k: int = typer.Option(5, "-k", "--k", min=1, help="hits to show"),
+    index: Path = INDEX_OPTION,
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Search the KB index: ranked titles, scores and snippets."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tasks.io import InputError
+    from tasks.params import load_params, resolve
+    from tasks.retriever import MODES, Retriever, load_fusion
+
+    if mode not in MODES:
+        raise typer.BadParameter(f"must be one of {', '.join(MODES)}", param_hint="--mode")
+    try:
+        settings = load_params(params)
+        fusion, fusion_source = load_fusion(settings, params)
+        folder = index or resolve(params, settings.paths.index_dir)
+        retriever = Retriever.load(folder, fusion, base=params.parent)
+    except InputError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    hits = retriever.search(query, k=k, mode=mode)  # type: ignore[arg-type]
+    table = Table("#", "title", "score", "snippet", title=f"{mode}: {query}")
+    for rank, hit in enumerate(hits, start=1):
+        snippet = hit.text if len(hit.text) <= 160 else hit.text[:157].rsplit(" ", 1)[0] + "..."
+        table.add_row(str(rank), hit.title, f"{hit.score:.4f}", snippet)
+    Console(width=max(Console().width, 120)).print(table)
+    if mode == "hybrid":
+        typer.echo(
+            f"fusion: rrf_k={fusion.rrf_k:g}, dense {fusion.dense_weight:g} / bm25 "
+            f"{fusion.bm25_weight:g}, {fusion.candidates} candidates a side ({fusion_source})"
+        )
+    if not hits:
+        typer.echo("no hits (BM25 needs a word of the query in a doc)")

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from tasks.io import atomic_path, run_stage, write_json, write_jsonl
 from tasks.params import DedupParams, load_params, resolve
 from tasks.records import Doc, QARecord, read_docs, read_qa_splits
+from tasks.tracking import stage_run
 
 _WORD = re.compile(r"\w+")
 
@@ -105,8 +106,19 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     docs = read_docs(resolve(params_file, params.paths.kb_docs))
     qa_splits = read_qa_splits(resolve(params_file, params.paths.qa_dir))
+    out_dir = resolve(params_file, params.paths.dedup_dir)
 
-    dropped = find_duplicates(docs, params.dedup)
+    with stage_run("dedup", params_file) as run:
+        metrics = deduplicate(docs, qa_splits, params.dedup, out_dir)
+        run.log_metrics(metrics)
+        run.log_artifact(out_dir / "dropped.jsonl")
+
+
+def deduplicate(
+    docs: list[Doc], qa_splits: dict[str, list[QARecord]], params: DedupParams, out_dir: Path
+) -> dict[str, int]:
+    """Write the kept docs, remapped QA, the drop report and metrics; return the metrics."""
+    dropped = find_duplicates(docs, params)
     kept_id = {d.id: d.kept_id for d in dropped}
     kept_docs = [doc for doc in docs if doc.id not in kept_id]
     remapped = {split: remap_qa(records, kept_id) for split, records in qa_splits.items()}
@@ -118,7 +130,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         "qa_records_rewritten": sum(count for _, count in remapped.values()),
     }
 
-    with atomic_path(resolve(params_file, params.paths.dedup_dir)) as out:
+    with atomic_path(out_dir) as out:
         write_jsonl(out / "docs.jsonl", kept_docs)
         for split, (records, _) in remapped.items():
             write_jsonl(out / "qa" / f"{split}.jsonl", records)
@@ -128,6 +140,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     print("dedup: " + ", ".join(f"{key} {value}" for key, value in metrics.items()))
     for d in [d for d in dropped if d.reason == "near"][:3]:
         print(f"dedup: near duplicate {d.id!r} ~ kept {d.kept_id!r} (Jaccard {d.similarity})")
+    return metrics
 
 
 if __name__ == "__main__":

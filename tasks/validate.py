@@ -29,6 +29,7 @@ from great_expectations.data_context.types.base import (
 from tasks.io import InputError, atomic_path, run_stage, write_json
 from tasks.params import ValidateParams, load_params, resolve
 from tasks.records import Doc, QARecord, read_docs, read_qa_splits
+from tasks.tracking import stage_run
 
 # C0/C1 controls except the whitespace a text legitimately holds, plus U+FFFD, which a decoder
 # writes for bytes it could not read.
@@ -311,9 +312,13 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     splits = read_qa_splits(resolve(params_file, params.paths.qa_dir))
     out_dir = resolve(params_file, params.paths.validate_dir)
 
-    with atomic_path(out_dir) as tmp_dir:
-        report = validate(docs, splits, params.validate_, tmp_dir / "data_docs")
-        write_json(tmp_dir / "summary.json", report.summary())
+    with stage_run("validate", params_file) as run:
+        with atomic_path(out_dir) as tmp_dir:
+            report = validate(docs, splits, params.validate_, tmp_dir / "data_docs")
+            write_json(tmp_dir / "summary.json", report.summary())
+        run.log_metrics({"success": int(report.success), "failed": len(report.failures())})
+        run.log_artifact(out_dir / "summary.json")
+        run.log_artifact(out_dir / "data_docs")  # the failed run keeps its readable report
     index = out_dir / "data_docs" / "index.html"
     if not report.success:
         raise InputError(report.message(index))

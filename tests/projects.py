@@ -73,9 +73,16 @@ def qa_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def make_project(root: Path, source: str = "folder", **overrides: Any) -> Path:
-    """Write params.yaml (the repo's, with `ingest` pointed at a tiny KB) and return its path."""
+def make_project(
+    root: Path, source: str = "folder", tracked: bool = False, **overrides: Any
+) -> Path:
+    """Write params.yaml (the repo's, with `ingest` pointed at a tiny KB) and return its path.
+
+    MLflow tracking is off unless `tracked`: opening a fresh sqlite store costs seconds per
+    test, and the tracking tests switch it on where it is the behaviour under test.
+    """
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["tracking"]["enabled"] = tracked
     if source == "folder":
         make_kb_folder(root / "my_kb")
         write_jsonl(root / "my_qa.jsonl", qa_rows())

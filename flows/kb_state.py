@@ -1,0 +1,72 @@
+"""The fingerprint of the KB *source* and the one the last successful retrain consumed.
+
+The source is what `ingest` reads (the packaged files, or the user's KB folder and QA file),
+fingerprinted before ingest runs, so the watcher can tell a changed KB without running any
+stage. The recorded fingerprint lives in `.state/` of the project and is written only when a
+retrain succeeds: a failed run leaves the old one, and the next check tries again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tasks.assets import package_file
+from tasks.ingest import FANOUT_FILE, FANOUT_PACKAGE, FOLDER_SUFFIXES, WIKI_FILE, WIKI_PACKAGE
+from tasks.io import InputError, atomic_path, write_json
+from tasks.params import load_params, resolve
+from tasks.tracking import file_digest
+
+STATE_FILE = Path(".state") / "kb_fingerprint.json"
+
+
+def source_files(params_file: Path) -> list[tuple[str, Path]]:
+    """(stable name, path) of every file ingest reads, in a deterministic order.
+
+    Names are relative, so moving the project folder does not look like a KB change, while
+    renaming a KB file (which renames its doc id) does.
+    """
+    params = load_params(params_file).ingest
+    if params.source == "packaged":
+        return [
+            ("packaged/kb", package_file(WIKI_PACKAGE, WIKI_FILE)),
+            ("packaged/qa", package_file(FANOUT_PACKAGE, FANOUT_FILE)),
+        ]
+    folder = resolve(params_file, params.kb_folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: KB folder not found")
+    files = sorted(p for p in folder.rglob("*") if p.suffix in FOLDER_SUFFIXES and p.is_file())
+    named = [(f"kb/{p.relative_to(folder).as_posix()}", p) for p in files]
+    return [*named, ("qa", resolve(params_file, params.qa_file))]
+
+
+def source_fingerprint(params_file: Path) -> str:
+    """sha256 over the names and content hashes of the source files."""
+    digest = hashlib.sha256()
+    for name, path in source_files(params_file):
+        if not path.is_file():
+            raise InputError(f"{path}: KB source file not found")
+        digest.update(f"{name}\0{file_digest(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def last_trained_fingerprint(project: Path) -> str | None:
+    path = project / STATE_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))["fingerprint"]
+
+
+def record_trained_fingerprint(project: Path, fingerprint: str, flow_run_id: str | None) -> None:
+    """Remember the KB a successful retrain consumed (call only after it succeeded)."""
+    with atomic_path(project / STATE_FILE) as tmp:
+        write_json(
+            tmp,
+            {
+                "fingerprint": fingerprint,
+                "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "flow_run_id": flow_run_id,
+            },
+        )

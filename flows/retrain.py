@@ -1,0 +1,204 @@
+"""Prefect flow `retrain`: every DVC stage as a Prefect task, in pipeline order, then the gate.
+
+Each task runs `dvc repro --single-item <stage>` in the project folder, so DVC skips a stage
+whose deps and params are unchanged and Prefect retries one that crashed. The stage list is
+read from dvc.yaml through DVC's own graph: a stage added there joins the flow with no code
+change, in the order DVC would run it, and no second list can drift from the pipeline.
+
+The flow opens the MLflow parent run; the stages nest under it (their `dvc repro` subprocess
+inherits `RAGLOOP_PARENT_RUN_ID`). The two runs point at each other: MLflow tags carry the
+Prefect flow-run id, the Prefect run carries the MLflow run id as a tag and a link artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run
+
+from flows.kb_state import record_trained_fingerprint, source_fingerprint
+from tasks.params import load_params, resolve
+from tasks.tracking import pipeline_run, run_url, tracking_uri
+
+GATE_STAGE = "register"
+OUTPUT_TAIL = 40  # lines of a failed stage's output quoted in the error
+
+
+class StageFailed(RuntimeError):
+    """A stage exited non-zero; the message quotes the end of its output."""
+
+
+class StageInputError(StageFailed):
+    """A stage rejected its input (bad data, bad params): retrying cannot help."""
+
+
+def pipeline_stages(project: Path) -> list[str]:
+    """The stages of the project's dvc.yaml, upstream first, ties in file order."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        stages = [s for s in repo.index.stages if getattr(s, "cmd", None)]
+        position = {s.addressing: i for i, s in enumerate(stages)}
+        graph = repo.index.graph.reverse()  # DVC's edges point from a stage to its deps
+        ordered = nx.lexicographical_topological_sort(
+            graph, key=lambda s: f"{position.get(s.addressing, len(position)):06d}"
+        )
+        return [s.name for s in ordered if s.addressing in position]
+
+
+def stage_env() -> dict[str, str]:
+    """This process's environment, with this interpreter first on PATH.
+
+    dvc.yaml says `python -m tasks.x`; without this a flow started as `.venv/bin/python ...`
+    from a shell without the venv activated would run the stages with another Python.
+    """
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def retry_unless_input_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry crashes, not rejected input: bad data fails the same way every time."""
+    try:
+        state.result()
+    except StageInputError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(name="dvc-stage", task_run_name="{stage}")
+def run_dvc_stage(stage: str, project: Path) -> dict[str, Any]:
+    """`dvc repro --single-item stage`; its output streams into the Prefect log."""
+    logger = get_run_logger()
+    command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+    tail: deque[str] = deque(maxlen=OUTPUT_TAIL)
+    with subprocess.Popen(
+        command,
+        cwd=project,
+        env=stage_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            logger.info("%s", line)
+    output = "\n".join(tail)
+    if process.returncode != 0:
+        # `tasks.io.run_stage` reports user-fixable input errors as a line "error: ...".
+        input_error = any(line.startswith("error: ") for line in tail)
+        kind = StageInputError if input_error else StageFailed
+        raise kind(f"stage {stage!r} failed (exit {process.returncode}):\n{output}")
+    skipped = f"Stage '{stage}' didn't change, skipping" in output
+    return {"stage": stage, "ran": not skipped}
+
+
+def link_prefect_and_mlflow(params_file: Path, experiment_id: str, run_id: str) -> str:
+    """Tag the Prefect run with the MLflow run and add a link artifact; return the run URL."""
+    url = run_url(
+        tracking_uri(params_file, load_params(params_file).tracking), experiment_id, run_id
+    )
+    flow_run_id = flow_run.get_id()
+    if flow_run_id:
+        with get_client(sync_client=True) as client:
+            tags = {*flow_run.get_tags(), f"mlflow-run:{run_id}"}
+            client.update_flow_run(flow_run_id, tags=sorted(tags))
+        create_link_artifact(
+            link=url,
+            link_text=f"MLflow run {run_id}",
+            key="mlflow-run",
+            description="The MLflow parent run of this pipeline run (stages nest under it)",
+        )
+    return url
+
+
+def gate_report(params_file: Path, outcomes: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The gate's decision if the register stage ran in this pipeline run, else None."""
+    ran = {o["stage"] for o in outcomes if o["ran"]}
+    if GATE_STAGE not in ran:
+        return None
+    path = resolve(params_file, load_params(params_file).register_.decision_file)
+    decision = json.loads(path.read_text(encoding="utf-8"))
+    lines = [f"**{decision['model']}**: {'promoted' if decision['promote'] else 'kept champion'}"]
+    lines += [f"- {reason}" for reason in decision["reasons"]]
+    create_markdown_artifact("\n".join(lines), key="promotion-gate", description="Gate decision")
+    return decision
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(params_file: str = "params.yaml") -> dict[str, Any]:
+    """Run the pipeline through DVC, stage by stage, and report the gate's decision.
+
+    A failing stage fails the flow: nothing downstream runs and nothing is promoted. On
+    success the KB fingerprint is recorded for the watcher. `params_file` is a plain str:
+    a served flow is loaded from its file without its imports, so Prefect cannot resolve a
+    `Path` annotation when it validates the parameters of a scheduled run.
+    """
+    params_path = Path(params_file).resolve()
+    project = params_path.parent
+    settings = load_params(params_path).retrain
+    fingerprint = source_fingerprint(params_path)
+    stages = pipeline_stages(project)
+    print(f"retrain: stages {stages}")
+    stage_task = run_dvc_stage.with_options(
+        retries=settings.retries,
+        retry_delay_seconds=settings.retry_delay_seconds,
+        retry_condition_fn=retry_unless_input_error,
+    )
+    prefect_tags = {
+        "prefect.flow_run_id": str(flow_run.get_id()),
+        "prefect.flow_run_name": str(flow_run.get_name()),
+        "kb_source_fingerprint": fingerprint,
+    }
+    ui_url = flow_run.get_flow_run_ui_url()  # only a real Prefect server has a UI
+    if ui_url and ui_url.startswith("http"):
+        prefect_tags["prefect.flow_run_url"] = ui_url
+    with pipeline_run(params_path, f"retrain {flow_run.get_name()}", prefect_tags) as parent:
+        url = None
+        if parent.run_id:
+            import mlflow
+
+            experiment_id = mlflow.get_run(parent.run_id).info.experiment_id
+            url = link_prefect_and_mlflow(params_path, experiment_id, parent.run_id)
+            print(f"retrain: MLflow parent run {parent.run_id} ({url})")
+        outcomes = [stage_task(stage, project) for stage in stages]
+        decision = gate_report(params_path, outcomes)
+        ran = [o["stage"] for o in outcomes if o["ran"]]
+        parent.set_tags(
+            {
+                "stages_ran": ",".join(ran) or "none",
+                "gate.decision": "none"
+                if decision is None
+                else ("promote" if decision["promote"] else "keep"),
+            }
+        )
+    record_trained_fingerprint(project, fingerprint, str(flow_run.get_id()))
+    print(f"retrain: ran {ran or 'nothing (all stages up to date)'}")
+    return {
+        "flow_run_id": str(flow_run.get_id()),
+        "stages": stages,
+        "ran": ran,
+        "mlflow_run_id": parent.run_id,
+        "mlflow_run_url": url,
+        "gate": decision,
+        "kb_fingerprint": fingerprint,
+    }
+
+
+if __name__ == "__main__":
+    retrain(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")

@@ -1,0 +1,278 @@
+"""MLflow tracking shared by every stage and flow: where runs go, and one run per stage.
+
+A pipeline run is one MLflow parent run (opened by the Prefect flow) with one nested run per
+stage. Stages run as `dvc repro` subprocesses, so the parent's id reaches them through the
+environment (`RAGLOOP_PARENT_RUN_ID`); a stage run alone under `dvc repro` opens a run of its own.
+
+mlflow is imported inside the functions, never at module level: importing it costs ~1.6 s and
+opening a sqlite store ~1 s more, which a stage with `tracking.enabled: false` should not pay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.params import Params, TrackingParams, load_params, resolve
+
+PARENT_RUN_ENV = "RAGLOOP_PARENT_RUN_ID"
+SERVER_SCHEMES = ("http://", "https://", "databricks")
+
+
+def tracking_uri(params_file: Path, params: TrackingParams) -> str:
+    """`MLFLOW_TRACKING_URI` > `tracking.uri` > sqlite `mlflow.db` in the project folder.
+
+    The default is absolute so a stage, the flow, `mlflow ui` and the registry commands all
+    open the same store whatever their working directory.
+    """
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env:
+        return from_env
+    if params.uri:
+        return params.uri
+    return f"sqlite:///{(params_file.parent / 'mlflow.db').resolve()}"
+
+
+def artifact_location(params_file: Path, params: TrackingParams, uri: str) -> str | None:
+    """Where a local store keeps artifacts; None for a server, which decides that itself.
+
+    Without this, MLflow puts a sqlite store's artifacts in `./mlruns` of whatever folder the
+    process happens to run in.
+    """
+    if uri.startswith(SERVER_SCHEMES):
+        return None
+    return resolve(params_file, params.artifacts_dir).resolve().as_uri()
+
+
+def ensure_experiment(params_file: Path, params: TrackingParams) -> str:
+    """Point mlflow at the project's store and return the experiment id, creating it once."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(params_file, params)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(params.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow.create_experiment(
+            params.experiment, artifact_location=artifact_location(params_file, params, uri)
+        )
+    except MlflowException:
+        # Another process created it between our lookup and our create.
+        experiment = mlflow.get_experiment_by_name(params.experiment)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, read in chunks (a KB file can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def kb_fingerprint(docs_path: Path) -> str:
+    """Fingerprint of the canonical docs file: ingest writes it sorted, so equal KB, equal hash."""
+    return file_digest(docs_path)
+
+
+def git_commit(start: Path) -> str | None:
+    """HEAD's commit of the repository holding `start`, read from `.git` without running git.
+
+    A stage must not depend on a git binary, and a project copied without `.git` simply has no
+    commit tag.
+    """
+    for folder in [start.resolve(), *start.resolve().parents]:
+        git_dir = folder / ".git"
+        if git_dir.is_file():  # a worktree: ".git" names the real folder
+            git_dir = (folder / git_dir.read_text().partition(":")[2].strip()).resolve()
+        if not git_dir.is_dir():
+            continue
+        head = (git_dir / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head  # detached HEAD
+        common = git_dir
+        if (git_dir / "commondir").is_file():
+            common = (git_dir / (git_dir / "commondir").read_text().strip()).resolve()
+        ref = head.removeprefix("ref: ")
+        for base in (git_dir, common):
+            if (base / ref).is_file():
+                return (base / ref).read_text().strip()
+        packed = common / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text().splitlines():
+                sha, _, name = line.partition(" ")
+                if name == ref:
+                    return sha
+        return None  # a fresh repository with no commit yet
+    return None
+
+
+def run_tags(params_file: Path, params: Params) -> dict[str, str]:
+    """What identifies the inputs of a run: code (git), pipeline state (dvc.lock), and the KB."""
+    project = params_file.parent
+    tags = {}
+    commit = git_commit(project)
+    if commit:
+        tags["git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit  # the MLflow UI shows this one
+    lock = project / "dvc.lock"
+    if lock.is_file():
+        tags["dvc_lock_hash"] = file_digest(lock)
+    docs = resolve(params_file, params.paths.kb_docs)
+    if docs.is_file():
+        tags["kb_fingerprint"] = kb_fingerprint(docs)
+    return tags
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the dotted keys `dvc params diff` shows too."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else value
+    return flat
+
+
+def metric_key(name: str) -> str:
+    """An MLflow-safe metric name: `recall@5` -> `recall_at_5` (MLflow rejects '@')."""
+    safe = name.replace("@", "_at_")
+    return "".join(c if c.isalnum() or c in "_-./ :" else "_" for c in safe)
+
+
+def numeric_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Flattened numeric entries of a metrics dict (e.g. a stage's metrics.json), safe keys."""
+    return {
+        metric_key(key): float(value)
+        for key, value in flatten(metrics, prefix).items()
+        if isinstance(value, int | float)
+    }
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """The MLflow run of one stage; every method is a no-op when tracking is disabled."""
+
+    run_id: str | None
+
+    def log_metrics(
+        self, metrics: Mapping[str, Any], prefix: str = "", step: int | None = None
+    ) -> None:
+        """Log the numeric leaves of a (nested) metrics dict; strings and lists are skipped."""
+        if self.run_id is None:
+            return
+        import mlflow
+
+        mlflow.log_metrics(numeric_metrics(metrics, prefix), step=step, run_id=self.run_id)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Log a file, or a folder's content under `artifact_path` (default: the folder name)."""
+        if self.run_id is None:
+            return
+        import mlflow
+
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path or path.name, run_id=self.run_id)
+        else:
+            mlflow.log_artifact(str(path), artifact_path, run_id=self.run_id)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.run_id is None:
+            return
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+        for key, value in tags.items():
+            client.set_tag(self.run_id, key, str(value))
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params_file: Path = Path("params.yaml")) -> Iterator[StageRun]:
+    """The MLflow run of `stage`: nested under the pipeline's parent run when there is one.
+
+    Parent, in order: the run active in this process (a stage called from the flow itself),
+    then `RAGLOOP_PARENT_RUN_ID` (a stage that `dvc repro` started for the flow); else the run
+    stands alone. Logs the stage's params section and the input tags; the KB fingerprint is
+    tagged on exit, so it names the KB the stage produced or read. An exception marks the run
+    FAILED and propagates.
+    """
+    params = load_params(params_file)
+    if not params.tracking.enabled:
+        yield StageRun(None)
+        return
+    import mlflow
+
+    experiment_id = ensure_experiment(params_file, params.tracking)
+    active = mlflow.active_run()
+    parent_id = None if active else os.environ.get(PARENT_RUN_ENV) or None
+    if parent_id:
+        experiment_id = mlflow.get_run(parent_id).info.experiment_id
+    tags = {"stage": stage} | run_tags(params_file, params)
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=stage,
+        nested=active is not None,
+        parent_run_id=parent_id,
+        tags=tags,
+    ) as run:
+        section = params.model_dump(mode="json", by_alias=True).get(stage)
+        if isinstance(section, Mapping):
+            mlflow.log_params(flatten(section, f"{stage}."))
+        print(f"{stage}: MLflow run {run.info.run_id} ({mlflow.get_tracking_uri()})")
+        try:
+            yield StageRun(run.info.run_id)
+        finally:
+            docs = resolve(params_file, params.paths.kb_docs)
+            if docs.is_file():
+                mlflow.set_tag("kb_fingerprint", kb_fingerprint(docs))
+
+
+@contextlib.contextmanager
+def pipeline_run(
+    params_file: Path, run_name: str, tags: Mapping[str, str] | None = None
+) -> Iterator[StageRun]:
+    """The parent run of a pipeline run; stage subprocesses started inside it nest under it.
+
+    The id goes into this process's environment, which the `dvc repro` subprocesses inherit,
+    and is removed on exit so a later stage run alone does not nest under a finished run.
+    """
+    params = load_params(params_file)
+    if not params.tracking.enabled:
+        yield StageRun(None)
+        return
+    import mlflow
+
+    experiment_id = ensure_experiment(params_file, params.tracking)
+    all_tags = {"stage": "pipeline"} | run_tags(params_file, params) | dict(tags or {})
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags) as run:
+        previous = os.environ.get(PARENT_RUN_ENV)
+        os.environ[PARENT_RUN_ENV] = run.info.run_id
+        try:
+            yield StageRun(run.info.run_id)
+        finally:
+            if previous is None:
+                os.environ.pop(PARENT_RUN_ENV, None)
+            else:
+                os.environ[PARENT_RUN_ENV] = previous
+            lock = params_file.parent / "dvc.lock"
+            if lock.is_file():  # the pipeline's end state, after the stages updated it
+                mlflow.set_tag("dvc_lock_hash", file_digest(lock))
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """Link to a run in the MLflow UI: the server's own, or `mlflow ui`'s default address."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -1,0 +1,157 @@
+"""The real retrain and watch flows, through DVC, under Prefect's test harness, on a tiny KB.
+
+The project holds the repo's foundation stages plus a `probe` stage that exists only here: it
+shows that a stage added to dvc.yaml joins the flow with no code change, and that a stage
+run by `dvc repro` nests its MLflow run under the flow's parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.kb_state import STATE_FILE, source_fingerprint
+from flows.retrain import pipeline_stages
+from flows.watch import watch
+from tasks.params import load_params
+from tasks.tracking import PARENT_RUN_ENV, tracking_uri
+from tests.projects import REPO, make_project
+
+FOUNDATION = ("ingest", "validate", "dedup")
+PROBE = '''"""A stage that exists only in this test project: it logs dedup's metrics."""
+import json
+from pathlib import Path
+
+from tasks.tracking import stage_run
+
+with stage_run("probe", Path("params.yaml")) as run:
+    run.log_metrics(json.loads(Path("data/dedup/metrics.json").read_text()))
+    Path("data/probe.json").write_text(json.dumps({"run_id": run.run_id}))
+'''
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness() -> Iterator[None]:
+    """A temporary Prefect API for the module (~10 s to start, so once)."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DVC project: tiny KB, the repo's code and foundation stages, plus `probe`."""
+    root = tmp_path_factory.mktemp("flow_project")
+    params_file = make_project(root, tracked=True)
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["retrain"]["retry_delay_seconds"] = 0
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "probe.py").write_text(PROBE, encoding="utf-8")
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    kept = {name: stage for name, stage in stages.items() if name in FOUNDATION}
+    kept["probe"] = {
+        "cmd": "python probe.py",
+        "deps": ["probe.py", "data/dedup/metrics.json"],
+        "outs": [{"data/probe.json": {"cache": False}}],
+    }
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": kept}, sort_keys=False), "utf-8")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
+    # What `dvc config` would write, without paying another dvc start-up.
+    (root / ".dvc/config").write_text(
+        "[core]\n    no_scm = True\n    analytics = false\n    site_cache_dir = site_cache\n",
+        encoding="utf-8",
+    )
+    return params_file
+
+
+@pytest.fixture(autouse=True)
+def _local_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
+
+
+def mlflow_client(params_file: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri(params_file, load_params(params_file).tracking))
+
+
+def parent_runs(params_file: Path) -> list:
+    client = mlflow_client(params_file)
+    experiment = client.get_experiment_by_name(load_params(params_file).tracking.experiment)
+    return client.search_runs([experiment.experiment_id], "tags.stage = 'pipeline'")
+
+
+def test_stage_order_comes_from_dvc(project: Path) -> None:
+    assert pipeline_stages(project.parent) == [*FOUNDATION, "probe"]
+
+
+def test_watch_retrains_a_new_kb_end_to_end_then_rests(project: Path) -> None:
+    root = project.parent
+    result = watch(str(project))
+    assert result["changed"]
+    retrain = result["retrain"]
+    assert retrain["ran"] == [*FOUNDATION, "probe"]
+    assert json.loads((root / "data/dedup/metrics.json").read_text())["docs_out"] == 9
+
+    # MLflow and Prefect point at each other; the probe stage nested under the parent run.
+    client = mlflow_client(project)
+    parent = client.get_run(retrain["mlflow_run_id"])
+    assert parent.data.tags["prefect.flow_run_id"] == retrain["flow_run_id"]
+    assert parent.data.tags["stages_ran"] == "ingest,validate,dedup,probe"
+    probe_run = client.get_run(json.loads((root / "data/probe.json").read_text())["run_id"])
+    assert probe_run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert probe_run.data.metrics["docs_out"] == 9.0
+    with get_client(sync_client=True) as prefect:
+        flow_run = prefect.read_flow_run(UUID(retrain["flow_run_id"]))
+    assert f"mlflow-run:{parent.info.run_id}" in flow_run.tags
+    state = json.loads((root / STATE_FILE).read_text())
+    assert state["fingerprint"] == source_fingerprint(project)
+
+    # Same KB: no retrain flow, no MLflow run, nothing touched.
+    lock = (root / "dvc.lock").read_bytes()
+    again = watch(str(project))
+    assert again == {"changed": False, "fingerprint": state["fingerprint"], "retrain": None}
+    assert len(parent_runs(project)) == 1
+    assert (root / "dvc.lock").read_bytes() == lock
+
+
+def test_new_bad_doc_triggers_retrain_that_stops_at_validate(project: Path) -> None:
+    root = project.parent
+    dedup_docs = (root / "data/dedup/docs.jsonl").read_bytes()
+    probe = (root / "data/probe.json").read_bytes()
+    recorded = (root / STATE_FILE).read_bytes()
+    new_doc = root / "my_kb/blank.md"
+    new_doc.write_text("# Blank\n\n \n", encoding="utf-8")  # a doc with no text fails validate
+    try:
+        state = watch(str(project), return_state=True)
+        assert state.is_failed()
+        assert "stage 'validate' failed" in str(state.result(raise_on_failure=False))
+        # Nothing downstream ran or changed; the fingerprint of the bad KB was not recorded.
+        assert (root / "data/dedup/docs.jsonl").read_bytes() == dedup_docs
+        assert (root / "data/probe.json").read_bytes() == probe
+        assert (root / STATE_FILE).read_bytes() == recorded
+        failed = next(r for r in parent_runs(project) if r.info.status == "FAILED")
+        flow_run_id = UUID(failed.data.tags["prefect.flow_run_id"])
+        with get_client(sync_client=True) as prefect:
+            task_runs = prefect.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        by_name = {t.name: t for t in task_runs}
+        assert set(by_name) == {"ingest", "validate"}
+        assert by_name["validate"].state.is_failed()
+        assert by_name["validate"].run_count == 1  # bad input is not retried (retries: 1)
+    finally:
+        new_doc.unlink()
+    # The KB is back to what the last success consumed: the watcher rests.
+    assert not watch(str(project))["changed"]
