@@ -198,6 +198,11 @@ class FinetuneGeneratorParams(Section):
     seed: int
 
 
+class RetrieveContextsParams(Section):
+    mode: Literal["dense", "bm25", "hybrid"]
+    k: int = Field(ge=1, le=100)  # ids kept per question (the generator reads its top_k)
+
+
 class EvaluateGenerationParams(Section):
     batch_size: int = Field(ge=1)
     bootstrap_resamples: int = Field(ge=100)
@@ -281,7 +286,6 @@ class EvaluateRetrievalParams(Section):
     seed: int
 
 
-
 class SynthesizeQueriesParams(Section):
     """Doc-to-query: the local generator writes one question per sampled KB doc; a question is
     kept only when the base retriever ranks its source doc in the top `round_trip_k`."""
@@ -292,6 +296,7 @@ class SynthesizeQueriesParams(Section):
     max_new_tokens: int = Field(ge=4)
     batch_size: int = Field(ge=1)
     round_trip_k: int = Field(ge=1)
+    threads: int = Field(ge=0)  # torch threads; 0: one per core
     seed: int
 
 
@@ -351,6 +356,7 @@ class Params(Section):
     retrain: RetrainParams
     prepare_generator: PrepareGeneratorParams
     kb_questions: KbQuestionsParams
+    retrieve_contexts: RetrieveContextsParams
     generator: GeneratorParams
     finetune_generator: FinetuneGeneratorParams
     evaluate_generation: EvaluateGenerationParams

@@ -199,6 +199,11 @@ class StageRun:
             client.set_tag(self.run_id, key, str(value))
 
 
+def run_name(stage: str, out: Path | None) -> str:
+    """A stage run a second time on other outputs (e.g. the tuned-encoder index) names them."""
+    return stage if out is None else f"{stage}[{out.name}]"
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params_file: Path = Path("params.yaml")) -> Iterator[StageRun]:
     """The MLflow run of `stage`: nested under the pipeline's parent run when there is one.

@@ -1,0 +1,170 @@
+"""Stage `evaluate_retrieval`: BM25, dense, equal-weight hybrid and tuned hybrid, side by side.
+
+For each split in params: every metric (ranx) as a mean over questions with a bootstrap
+interval, and the recall@k curve. Outputs in `paths.retrieval_eval_dir`:
+  metrics.json          {split: {system: {metric: mean}}}       (dvc metrics show)
+  report.json           the same with intervals and question counts
+  report.md             the tables, as printed
+  recall_at_k_<split>.csv  k, one recall column per system       (dvc plots show)
+
+    python -m tasks.evaluate_retrieval [--index DIR] [--fusion FILE] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from tasks.io import atomic_path, run_stage, write_json
+from tasks.params import EvaluateRetrievalParams, load_params, resolve
+from tasks.records import QARecord, read_qa
+from tasks.retrieval_metrics import score_rankings, summarize
+from tasks.retriever import FUSION_FILE, Fusion, Retriever, fuse_rankings
+from tasks.tracking import run_name, stage_run
+
+SYSTEMS = ("bm25", "dense", "hybrid_equal", "hybrid_tuned")
+
+
+def system_rankings(
+    retriever: Retriever, questions: list[str], depth: int, equal: Fusion, tuned: Fusion
+) -> dict[str, list[list[str]]]:
+    """Ranked doc ids per system; each side is retrieved once, deep enough for both fusions."""
+    deep = max(depth, equal.candidates, tuned.candidates)
+    dense, sparse = retriever.dense(questions, deep), retriever.bm25(questions, deep)
+    ids = [doc["id"] for doc in retriever.docs]
+
+    def top(rankings: list[list[tuple[int, float]]], n: int) -> list[list[str]]:
+        return [[ids[row] for row, _ in ranking[:n]] for ranking in rankings]
+
+    def fused(fusion: Fusion) -> list[list[str]]:
+        cut = [
+            fuse_rankings(d[: fusion.candidates], s[: fusion.candidates], fusion)
+            for d, s in zip(dense, sparse, strict=True)
+        ]
+        return top(cut, depth)
+
+    return {
+        "bm25": top(sparse, depth),
+        "dense": top(dense, depth),
+        "hybrid_equal": fused(equal),
+        "hybrid_tuned": fused(tuned),
+    }
+
+
+def evaluate_split(
+    records: list[QARecord], rankings: dict[str, list[list[str]]], params: EvaluateRetrievalParams
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """Per system: metric -> {mean, low, high}; and the recall@k curve rows (k = 1..depth)."""
+    curve_metrics = [f"recall@{k}" for k in range(1, params.curve_depth + 1)]
+    summary: dict[str, Any] = {}
+    curve = [{"k": k} for k in range(1, params.curve_depth + 1)]
+    for system, ranked in rankings.items():
+        scores = score_rankings(records, ranked, params.metrics)
+        summary[system] = summarize(
+            scores, params.bootstrap_resamples, params.confidence, params.seed
+        )
+        recall = score_rankings(records, ranked, curve_metrics)
+        for row, name in zip(curve, curve_metrics, strict=True):
+            row[system] = round(float(recall[name].mean()), 4)
+    return summary, curve
+
+
+def markdown_table(
+    split: str, n: int, summary: dict[str, Any], metrics: list[str], confidence: float
+) -> str:
+    head = f"{split} ({n} questions; mean [{confidence:.0%} bootstrap interval])\n\n"
+    lines = ["| metric | " + " | ".join(summary) + " |", "|---" * (len(summary) + 1) + "|"]
+    for metric in metrics:
+        cells = [
+            f"{s[metric]['mean']:.3f} [{s[metric]['low']:.3f}, {s[metric]['high']:.3f}]"
+            for s in summary.values()
+        ]
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def write_curve(path: Path, curve: list[dict[str, float]]) -> None:
+    columns = list(curve[0])
+    rows = [",".join(columns)] + [",".join(str(row[c]) for c in columns) for row in curve]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def main(
+    params_file: Path = Path("params.yaml"),
+    index: Path | None = None,
+    fusion_file: Path | None = None,
+    out: Path | None = None,
+) -> None:
+    params = load_params(params_file)
+    evaluation = params.evaluate_retrieval
+    tuned_file = fusion_file or resolve(params_file, params.paths.tune_retrieval_dir) / FUSION_FILE
+    tuned = Fusion.from_file(tuned_file)
+    equal = Fusion(evaluation.equal_rrf_k, 0.5, 0.5, params.retrieval.candidates)
+    index_dir = index if index is not None else resolve(params_file, params.paths.index_dir)
+    retriever = Retriever.load(index_dir, tuned, base=params_file.parent)
+    indexed = {doc["id"] for doc in retriever.docs}
+    depth = max(
+        evaluation.curve_depth, *(int(m.split("@")[1]) for m in evaluation.metrics if "@" in m)
+    )
+
+    metrics: dict[str, Any] = {}
+    report: dict[str, Any] = {"fusion": {"equal": vars(equal), "tuned": vars(tuned)}}
+    tables, curves = [], {}
+    for split in evaluation.splits:
+        records = read_qa(resolve(params_file, params.paths.retrieval_qa_dir) / f"{split}.jsonl")
+        rankings = system_rankings(retriever, [r.question for r in records], depth, equal, tuned)
+        summary, curves[split] = evaluate_split(records, rankings, evaluation)
+        missing = sum(not set(r.doc_ids) & indexed for r in records)
+        metrics[split] = {
+            s: {m: round(v["mean"], 4) for m, v in ms.items()} for s, ms in summary.items()
+        }
+        report[split] = {"questions": len(records), "gold_not_indexed": missing, "systems": summary}
+        tables.append(
+            markdown_table(split, len(records), summary, evaluation.metrics, evaluation.confidence)
+        )
+        if missing:
+            print(
+                f"evaluate_retrieval: warning: {missing} {split} questions"
+                " have no gold doc in the index"
+            )
+
+    out_dir = out if out is not None else resolve(params_file, params.paths.retrieval_eval_dir)
+    with stage_run(run_name("evaluate_retrieval", out), params_file) as run:
+        run.log_metrics(metrics)
+        write_evaluation(out_dir, metrics, report, tables, curves)
+        run.log_artifact(out_dir)
+    print(
+        f"evaluate_retrieval: tuned fusion rrf_k={tuned.rrf_k:g} dense={tuned.dense_weight:g} "
+        f"bm25={tuned.bm25_weight:g}; equal: rrf_k={equal.rrf_k:g}, 0.5/0.5; "
+        f"{tuned.candidates} candidates a side"
+    )
+    print("\n".join(tables))
+    print(f"evaluate_retrieval: wrote {out_dir}")
+
+
+def write_evaluation(
+    out_dir: Path,
+    metrics: dict[str, Any],
+    report: dict[str, Any],
+    tables: list[str],
+    curves: dict[str, Any],
+) -> None:
+    with atomic_path(out_dir) as tmp:
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "report.json", report)
+        (tmp / "report.md").write_text("\n".join(tables), encoding="utf-8")
+        for split, curve in curves.items():
+            write_curve(tmp / f"recall_at_k_{split}.csv", curve)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--index", type=Path, help="index folder (default: paths.index_dir)")
+    parser.add_argument("--fusion", type=Path, help="tuned fusion.json (default: tune_retrieval's)")
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default: paths.retrieval_eval_dir)"
+    )
+    args = parser.parse_args()
+    run_stage(lambda: main(args.params, args.index, args.fusion, args.out))

@@ -1,0 +1,139 @@
+"""The index stage: incremental embedding through the cache, the manifest, the faiss types."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from tasks.embedding_cache import EmbeddingCache
+from tasks.encoder import encoder_fingerprint, load_encoder
+from tasks.index import FAISS_FILE, MANIFEST_FILE, build_index, kb_fingerprint
+from tasks.io import InputError
+from tests.fixtures_retrieval import make_tiny_encoder, tiny_docs, tiny_index_params
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("encoders")
+    return make_tiny_encoder(folder, seed=0), make_tiny_encoder(folder, seed=1)
+
+
+@pytest.fixture(scope="module")
+def model(encoders: tuple[Path, Path]) -> SentenceTransformer:
+    return load_encoder(str(encoders[0]), Path())
+
+
+def vectors_of(index_dir: Path) -> np.ndarray:
+    index = faiss.read_index(str(index_dir / FAISS_FILE))
+    return index.reconstruct_n(0, index.ntotal)
+
+
+def test_kb_update_re_embeds_only_new_and_changed_docs(tmp_path: Path, model) -> None:
+    params = tiny_index_params()
+    docs = tiny_docs()
+    with EmbeddingCache(tmp_path / "cache") as cache:
+        _, first = build_index(docs, model, "tiny", cache, params, tmp_path / "v1", progress=False)
+        assert (first.embedded, first.cached) == (24, 0)
+
+        updated = docs[1:]  # one doc removed
+        updated[2] = updated[2].model_copy(update={"text": "A lighthouse now uses a LED lamp."})
+        updated[4] = updated[4].model_copy(
+            update={"text": "  " + updated[4].text.replace(" ", "\n")}
+        )
+        updated.append(docs[0].model_copy(update={"id": "new", "text": "A brand new passage."}))
+        manifest, second = build_index(
+            updated, model, "tiny", cache, params, tmp_path / "v2", progress=False
+        )
+
+    # the changed text and the new doc; a whitespace-only edit and the 22 others are cache hits
+    assert (second.embedded, second.cached) == (2, 22)
+    assert manifest["build"]["embedded"] == 2 and manifest["kb"]["doc_count"] == 24
+
+    with EmbeddingCache(tmp_path / "fresh") as empty:
+        build_index(updated, model, "tiny", empty, params, tmp_path / "scratch", progress=False)
+    np.testing.assert_allclose(
+        vectors_of(tmp_path / "v2"), vectors_of(tmp_path / "scratch"), atol=1e-6
+    )
+
+
+def test_the_cache_is_keyed_by_encoder(tmp_path: Path, encoders) -> None:
+    params, docs = tiny_index_params(), tiny_docs()
+    with EmbeddingCache(tmp_path / "cache") as cache:
+        for encoder in encoders:
+            model = load_encoder(str(encoder), Path())
+            _, stats = build_index(
+                docs, model, "tiny", cache, params, tmp_path / "i", progress=False
+            )
+            assert (stats.embedded, stats.cached) == (24, 0)
+            assert cache.count(encoder_fingerprint(model)) == 24
+
+
+def test_manifest_pins_encoder_and_kb(tmp_path: Path, model, encoders) -> None:
+    with EmbeddingCache(tmp_path / "cache") as cache:
+        build_index(
+            tiny_docs(),
+            model,
+            str(encoders[0]),
+            cache,
+            tiny_index_params(),
+            tmp_path,
+            progress=False,
+        )
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    assert manifest["encoder"] == {
+        "id": str(encoders[0]),
+        "fingerprint": encoder_fingerprint(model),
+        "dimension": 32,
+        "max_seq_length": 64,
+    }
+    assert manifest["kb"] == {"doc_count": 24, "fingerprint": kb_fingerprint(tiny_docs())}
+    assert manifest["faiss"]["type"] == "flat" and manifest["bm25"]["stopwords"] == "en"
+
+
+def test_kb_fingerprint_follows_content_not_order_or_source() -> None:
+    docs = tiny_docs()
+    base = kb_fingerprint(docs)
+    assert kb_fingerprint(list(reversed(docs))) == base
+    assert kb_fingerprint([docs[0].model_copy(update={"source": "elsewhere"}), *docs[1:]]) == base
+    assert kb_fingerprint([docs[0].model_copy(update={"text": "changed"}), *docs[1:]]) != base
+
+
+def test_encoder_fingerprint_follows_weights_not_location(tmp_path: Path, encoders) -> None:
+    first = encoder_fingerprint(load_encoder(str(encoders[0]), Path()))
+    copy = shutil.copytree(encoders[0], tmp_path / "copy")
+    model = load_encoder(str(copy), Path())
+    model.encode(["tokenizer calls leave padding and truncation state behind"])
+    assert encoder_fingerprint(model) == first
+    assert encoder_fingerprint(load_encoder(str(encoders[1]), Path())) != first
+    model.max_seq_length = 16  # truncation changes embeddings, so it changes the fingerprint
+    assert encoder_fingerprint(model) != first
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_faiss_index_types(tmp_path: Path, model, kind: str) -> None:
+    params = tiny_index_params(type=kind)
+    with EmbeddingCache(tmp_path / "cache") as cache:
+        build_index(tiny_docs(), model, "tiny", cache, params, tmp_path, progress=False)
+    index = faiss.read_index(str(tmp_path / FAISS_FILE))
+    assert index.ntotal == 24 and index.is_trained
+    if kind == "ivfpq":  # lossy codes: check what was trained, not exact neighbours
+        assert faiss.extract_index_ivf(index).nlist == 2
+        return
+    vectors = index.reconstruct_n(0, 24)
+    _, rows = index.search(vectors, 1)
+    assert rows[:, 0].tolist() == list(range(24))  # every doc is its own nearest neighbour
+
+
+def test_ivfpq_with_too_few_docs_is_a_clear_error(tmp_path: Path, model) -> None:
+    params = tiny_index_params(type="ivfpq", pq_nbits=8)
+    with (
+        EmbeddingCache(tmp_path / "cache") as cache,
+        pytest.raises(InputError, match="at least 256 docs"),
+    ):
+        build_index(tiny_docs(), model, "tiny", cache, params, tmp_path, progress=False)
