@@ -1,0 +1,127 @@
+"""Training throughput of `finetune_generator` against a plain Hugging Face Trainer run.
+
+Both runs train the same model (the prepared base generator, wrapped with the same LoRA or
+full fine-tuning setup from params) on the same examples (real answerable train questions and
+KB questions with their retrieved passages), batch size and learning rate, in this process.
+The plain run is what one writes first: right padding (DataCollatorForSeq2Seq), logits over
+every position, random batches, fp32. The stage adds answer-only logits, length-grouped
+batches and, when `finetune_generator.bf16` is set, bf16 autocast. Rounds alternate the two runs
+so that load from other processes on a shared machine hits both alike; the figure is the
+non-pad training tokens per second (dev evaluation excluded), and the ratio stage / plain.
+
+    python -m bench.bench_generator [--examples 24] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from transformers import (
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from tasks.finetune_generator import encode_items, finetune, load_model, with_lora
+from tasks.generation import IGNORE_INDEX, GenerationItem, ensure_pad_token
+from tasks.generator_data import generation_items, read_contexts
+from tasks.params import Params, load_params, resolve
+from tasks.records import read_docs, read_qa
+
+
+def bench_items(params: Params, params_file: Path, n: int) -> list[GenerationItem]:
+    """The stage's training mix, cut to `n` examples (real questions first, then KB ones)."""
+    paths, generator = params.paths, params.generator
+    dedup_dir = resolve(params_file, paths.dedup_dir)
+    docs = {d.id: d for d in read_docs(dedup_dir / "docs.jsonl")}
+    contexts = read_contexts(resolve(params_file, paths.retrieved_contexts))
+    real = [r for r in read_qa(dedup_dir / "qa/train.jsonl") if r.answerable]
+    kb = read_qa(resolve(params_file, paths.kb_questions_dir) / "train.jsonl")
+    items = generation_items(real, "qa", contexts, docs, generator.top_k)
+    items += generation_items(kb, "describe", contexts, docs, generator.top_k)
+    return items[: n // 2] + items[-(n - n // 2) :]
+
+
+def plain_trainer_tokens_per_second(
+    params: Params, base_dir: Path, items: list[GenerationItem]
+) -> tuple[float, int]:
+    tune = params.finetune_generator
+    set_seed(tune.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    ensure_pad_token(tokenizer)
+    model = load_model(base_dir)
+    if tune.method == "lora":
+        model = with_lora(model, tune)
+    features = encode_items(items, tokenizer, params.generator, seq2seq=False)
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out,
+            num_train_epochs=1,
+            per_device_train_batch_size=tune.batch_size,
+            learning_rate=tune.learning_rate,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=tune.seed,
+            include_num_input_tokens_seen="non_padding",
+        )
+        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)
+        trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=collator)
+        result = trainer.train()
+    tokens = trainer.state.num_input_tokens_seen
+    return tokens / result.metrics["train_runtime"], tokens
+
+
+def stage_tokens_per_second(
+    params: Params, base_dir: Path, items: list[GenerationItem]
+) -> tuple[float, int, float]:
+    """The stage itself (one epoch, dev = two examples), timed end to end as well."""
+    tune = params.finetune_generator.model_copy(update={"epochs": 1, "eval_steps": 10_000})
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        report = finetune(base_dir, items, items[:2], params.generator, tune, Path(out) / "g")
+    return report["tokens_per_second"], report["train_tokens"], time.perf_counter() - start
+
+
+def main(params_file: Path, n_examples: int, rounds: int) -> None:
+    params = load_params(params_file)
+    base_dir = resolve(params_file, params.paths.generator_base_dir)
+    items = bench_items(params, params_file, n_examples)
+    tune = params.finetune_generator
+    print(
+        f"bench_generator: {len(items)} examples, method {tune.method}, batch "
+        f"{tune.batch_size}, stage bf16 {tune.bf16}, {rounds} rounds (shared CPU: noisy)"
+    )
+    plain, stage = [], []
+    for round_ in range(1, rounds + 1):
+        rate, tokens = plain_trainer_tokens_per_second(params, base_dir, items)
+        plain.append(rate)
+        print(f"  round {round_}: plain Trainer {rate:6.1f} tokens/s ({tokens} tokens)", flush=True)
+        rate, tokens, wall = stage_tokens_per_second(params, base_dir, items)
+        stage.append(rate)
+        print(
+            f"  round {round_}: stage         {rate:6.1f} tokens/s ({tokens} tokens; "
+            f"{wall:.0f} s with model load, dev loss and saving)",
+            flush=True,
+        )
+    p, s = statistics.median(plain), statistics.median(stage)
+    print(
+        f"bench_generator: plain {p:.1f} tokens/s, stage {s:.1f} tokens/s, "
+        f"ratio stage/plain {s / p:.2f}x (medians)"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--examples", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    main(args.params, args.examples, args.rounds)

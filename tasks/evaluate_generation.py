@@ -1,0 +1,252 @@
+"""Generation evaluation: closed-book, base generator + RAG and tuned generator + RAG.
+
+Two evaluation sets, scored separately because their answer styles differ: (a) the real test
+questions (all of them, and the answerable ones: answer in the gold passage), and (b) held-out
+KB description questions whose docs were never used in training. Every system sees the same
+prompt format as training (tasks.generation), greedy decoding, the same top-k passages.
+`evaluate_generation` is the reusable core (the `evaluate` stage can call it); `main` is the
+standalone stage.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer
+
+from tasks.answers import answer_in_text
+from tasks.finetune_generator import load_model
+from tasks.generation import GenerationItem, generate_answers, item_prompt
+from tasks.generation_metrics import METRICS, paired_bootstrap, score_prediction
+from tasks.generator_data import generation_items, read_contexts
+from tasks.io import atomic_path, jsonl_lines, run_stage, write_json
+from tasks.params import EvaluateGenerationParams, GeneratorParams, load_params, resolve
+from tasks.records import read_docs, read_qa
+
+
+@dataclass(frozen=True)
+class GeneratorSystem:
+    """A generator folder and whether it is shown the retrieved passages."""
+
+    name: str
+    model_dir: Path
+    rag: bool
+
+
+def predict(
+    systems: Sequence[GeneratorSystem],
+    eval_sets: Mapping[str, Sequence[GenerationItem]],
+    generator: GeneratorParams,
+    batch_size: int,
+) -> tuple[dict[str, dict[str, list[str]]], dict[str, dict[str, float]]]:
+    """Predictions[set][system] and seconds per question; each model is loaded once."""
+    predictions: dict[str, dict[str, list[str]]] = {name: {} for name in eval_sets}
+    seconds: dict[str, dict[str, float]] = {name: {} for name in eval_sets}
+    for system in systems:
+        tokenizer = AutoTokenizer.from_pretrained(system.model_dir)
+        model = load_model(system.model_dir).eval()
+        for set_name, items in eval_sets.items():
+            prompts = [
+                item_prompt(
+                    item,
+                    tokenizer,
+                    generator.instructions,
+                    generator.passage_tokens,
+                    generator.top_k,
+                    rag=system.rag,
+                )
+                for item in items
+            ]
+            start = time.perf_counter()
+            predictions[set_name][system.name] = generate_answers(
+                model, tokenizer, prompts, batch_size, generator.max_new_tokens
+            )
+            seconds[set_name][system.name] = (time.perf_counter() - start) / max(1, len(items))
+            print(
+                f"evaluate_generation: {system.name} on {set_name}: "
+                f"{seconds[set_name][system.name]:.2f} s/question",
+                flush=True,
+            )
+        del model
+    return predictions, seconds
+
+
+def score_set(
+    items: Sequence[GenerationItem],
+    predictions: Mapping[str, Sequence[str]],
+    top_k: int,
+    params: EvaluateGenerationParams,
+) -> dict[str, Any]:
+    """Bootstrap mean and interval per system and metric, and for each system minus the one
+    before it (tuned_rag - base_rag, base_rag - closed_book). `supported` judges every system
+    against the top-k passages the RAG systems saw (for closed-book: chance agreement)."""
+    names = list(predictions)
+    passages = [[f"{p.title}. {p.text}" for p in item.passages[:top_k]] for item in items]
+    per_item = {
+        name: [
+            score_prediction(pred, item.answers, texts)
+            for pred, item, texts in zip(predictions[name], items, passages, strict=True)
+        ]
+        for name in names
+    }
+    pairs = [(names[i], names[i - 1]) for i in range(1, len(names))]
+    result: dict[str, Any] = {
+        "n": len(items),
+        "answer_in_passages": sum(
+            any(answer_in_text(a, " ".join(texts)) for a in item.answers)
+            for item, texts in zip(items, passages, strict=True)
+        )
+        / max(1, len(items)),
+    }
+    for metric in METRICS:
+        scores = {name: [row[metric] for row in per_item[name]] for name in names}
+        intervals = paired_bootstrap(
+            scores, params.bootstrap_resamples, params.confidence, params.seed, pairs
+        )
+        for system, interval in intervals.items():
+            result.setdefault(system, {})[metric] = interval
+    return result
+
+
+def evaluate_generation(
+    systems: Sequence[GeneratorSystem],
+    eval_sets: Mapping[str, Sequence[GenerationItem]],
+    generator: GeneratorParams,
+    params: EvaluateGenerationParams,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics per evaluation set (plus its answerable subset when it has one) and one
+    prediction row per (set, question) with every system's answer."""
+    predictions, seconds = predict(systems, eval_sets, generator, params.batch_size)
+    metrics: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for set_name, items in eval_sets.items():
+        by_system = predictions[set_name]
+        metrics[set_name] = score_set(items, by_system, generator.top_k, params)
+        metrics[set_name]["seconds_per_question"] = seconds[set_name]
+        flags = [item.answerable for item in items]
+        if any(flags) and not all(flags):
+            keep = [i for i, flag in enumerate(flags) if flag]
+            subset = {name: [preds[i] for i in keep] for name, preds in by_system.items()}
+            metrics[f"{set_name}_answerable"] = score_set(
+                [items[i] for i in keep], subset, generator.top_k, params
+            )
+        for i, item in enumerate(items):
+            rows.append(
+                {
+                    "set": set_name,
+                    "id": item.id,
+                    "question": item.question,
+                    "answers": list(item.answers),
+                    "passages": [p.title for p in item.passages[: generator.top_k]],
+                    **{name: by_system[name][i] for name in by_system},
+                }
+            )
+    return metrics, rows
+
+
+def system_summary(metrics: Mapping[str, Any], set_name: str = "real_test") -> dict[str, Any]:
+    """`{system: {metric: mean}}` on one set: the flat shape the promotion gate reads."""
+    result = metrics[set_name]
+    return {
+        system: {metric: values["mean"] for metric, values in result[system].items()}
+        for system in result
+        if isinstance(result[system], dict)
+        and " - " not in system
+        and system != "seconds_per_question"
+    }
+
+
+def samples_markdown(
+    rows: Sequence[dict[str, Any]],
+    eval_sets: Mapping[str, Sequence[GenerationItem]],
+    systems: Sequence[str],
+    per_set: int,
+    seed: int,
+) -> str:
+    """A few seeded sample predictions per set, with the shortened passages the RAG systems saw."""
+    items = {
+        (row["set"], row["id"]): item
+        for row in rows
+        for item in eval_sets[row["set"]]
+        if item.id == row["id"]
+    }
+    lines = ["# Sample generator predictions", ""]
+    for set_name in eval_sets:
+        set_rows = [row for row in rows if row["set"] == set_name]
+        lines += [f"## {set_name}", ""]
+        for row in random.Random(seed).sample(set_rows, min(per_set, len(set_rows))):
+            lines += [f"**Q:** {row['question']}  ", f"**Gold:** {' | '.join(row['answers'])}  "]
+            for system in systems:
+                lines.append(f"**{system}:** {row[system]}  ")
+            for rank, passage in enumerate(
+                items[(set_name, row["id"])].passages[: len(row["passages"])], start=1
+            ):
+                words = passage.text.split()
+                lines.append(
+                    f"> [{rank}] *{passage.title}*: {' '.join(words[:40])}"
+                    f"{' ...' if len(words) > 40 else ''}  "
+                )
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main(params_file: Path = Path("params.yaml")) -> None:
+    params = load_params(params_file)
+    paths, generator = params.paths, params.generator
+    dedup_dir = resolve(params_file, paths.dedup_dir)
+    docs = {doc.id: doc for doc in read_docs(dedup_dir / "docs.jsonl")}
+    contexts = read_contexts(resolve(params_file, paths.retrieved_contexts))
+    kb_heldout = read_qa(resolve(params_file, paths.kb_questions_dir) / "heldout.jsonl")
+    eval_sets = {
+        "real_test": generation_items(
+            read_qa(dedup_dir / "qa" / "test.jsonl"), "qa", contexts, docs, generator.top_k
+        ),
+        "kb_heldout": generation_items(kb_heldout, "describe", contexts, docs, generator.top_k),
+    }
+    base = resolve(params_file, paths.generator_base_dir)
+    tuned = resolve(params_file, paths.generator_dir) / "model"
+    systems = [
+        GeneratorSystem("closed_book", base, rag=False),
+        GeneratorSystem("base_rag", base, rag=True),
+        GeneratorSystem("tuned_rag", tuned, rag=True),
+    ]
+    metrics, rows = evaluate_generation(systems, eval_sets, generator, params.evaluate_generation)
+    names = [s.name for s in systems]
+    with atomic_path(resolve(params_file, paths.generation_eval_dir)) as out:
+        write_json(out / "metrics.json", metrics)
+        (out / "predictions.jsonl").write_text(jsonl_lines(rows), encoding="utf-8")
+        (out / "samples.md").write_text(
+            samples_markdown(
+                rows,
+                eval_sets,
+                names,
+                params.evaluate_generation.samples,
+                params.evaluate_generation.seed,
+            ),
+            encoding="utf-8",
+        )
+    print(metrics_table(metrics, names))
+
+
+def metrics_table(metrics: Mapping[str, Any], systems: Sequence[str]) -> str:
+    """Markdown table: mean [low, high] in percent, per set, system and metric."""
+    header = "| set | system | " + " | ".join(METRICS) + " |"
+    lines = [header, "|" + "---|" * (len(METRICS) + 2)]
+    for set_name, result in metrics.items():
+        for system in [*systems, *(k for k in result if " - " in k)]:
+            cells = [
+                f"{100 * result[system][m]['mean']:.1f} "
+                f"[{100 * result[system][m]['low']:.1f}, {100 * result[system][m]['high']:.1f}]"
+                for m in METRICS
+            ]
+            lines.append(f"| {set_name} (n={result['n']}) | {system} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,237 @@
+"""Stage `finetune_generator`: teach the generator to answer from retrieved passages.
+
+Training mix: the real answerable train questions (a few dozen) plus synthetic "What is
+<title>?" -> description questions from KB docs (stage `kb_questions`), each prompt carrying its
+task's instruction and the question's top-k retrieved passages, exactly as `evaluate_generation`
+will prompt. Loss on answer tokens only. LoRA (peft) by default, full fine-tuning by params; the
+Hugging Face Trainer runs the loop, keeps the checkpoint with the best dev loss, and the stage
+saves the adapter and, for inference, the merged model as safetensors.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from tasks.generation import (
+    IGNORE_INDEX,
+    AnswerOnlyCollator,
+    GenerationItem,
+    encode_example,
+    ensure_pad_token,
+    is_seq2seq,
+    item_prompt,
+)
+from tasks.generator_data import generation_items, read_contexts
+from tasks.io import InputError, atomic_path, run_stage, write_json
+from tasks.params import FinetuneGeneratorParams, GeneratorParams, load_params, resolve
+from tasks.records import QARecord, read_docs, read_qa
+
+NO_ADAPTER = "Full fine-tuning: no LoRA adapter; ../model holds the tuned weights.\n"
+
+
+def load_model(model_dir: Path) -> PreTrainedModel:
+    """fp32 causal or seq2seq model from a folder (CPU training and bf16 autocast want fp32)."""
+    seq2seq = AutoConfig.from_pretrained(model_dir).is_encoder_decoder
+    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    return auto.from_pretrained(model_dir, dtype=torch.float32)
+
+
+def with_lora(model: PreTrainedModel, params: FinetuneGeneratorParams) -> PeftModel:
+    lora = params.lora
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="SEQ_2_SEQ_LM" if is_seq2seq(model) else "CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def encode_items(
+    items: Sequence[GenerationItem], tokenizer: Any, generator: GeneratorParams, seq2seq: bool
+) -> list[dict[str, list[int]]]:
+    """Prompt + first gold answer of each item, with answer-only labels."""
+    return [
+        encode_example(
+            tokenizer,
+            item_prompt(
+                item, tokenizer, generator.instructions, generator.passage_tokens, generator.top_k
+            ),
+            item.answers[0],
+            seq2seq=seq2seq,
+        )
+        for item in items
+    ]
+
+
+def training_arguments(params: FinetuneGeneratorParams, output_dir: Path) -> TrainingArguments:
+    """Dev loss every `eval_steps` (and once before training, as the baseline); the best
+    checkpoint is reloaded at the end. Length-grouped batches cut padding, which on a CPU is
+    pure waste; checkpoints skip optimizer state since training is never resumed."""
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=params.epochs,
+        per_device_train_batch_size=params.batch_size,
+        per_device_eval_batch_size=params.batch_size,
+        learning_rate=params.learning_rate,
+        warmup_steps=params.warmup_steps,
+        weight_decay=params.weight_decay,
+        lr_scheduler_type="linear",
+        eval_strategy="steps",
+        eval_steps=params.eval_steps,
+        eval_on_start=True,
+        save_strategy="steps",
+        save_steps=params.eval_steps,
+        save_total_limit=1,
+        save_only_model=True,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        prediction_loss_only=True,
+        logging_steps=max(1, params.eval_steps // 2),
+        train_sampling_strategy="group_by_length",
+        include_num_input_tokens_seen="non_padding",
+        bf16=params.bf16,
+        use_cpu=True,
+        seed=params.seed,
+        data_seed=params.seed,
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+def finetune(
+    base_dir: Path,
+    train_items: Sequence[GenerationItem],
+    dev_items: Sequence[GenerationItem],
+    generator: GeneratorParams,
+    params: FinetuneGeneratorParams,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Train on `train_items`, keep the best dev-loss checkpoint, write `out_dir/model` (merged,
+    loadable without peft), `out_dir/adapter` (LoRA only) and `out_dir/train_metrics.json`."""
+    if not train_items or not dev_items:
+        raise InputError("finetune_generator: needs at least one train and one dev example")
+    set_seed(params.seed)  # LoRA's initial weights are drawn before the Trainer seeds
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    ensure_pad_token(tokenizer)
+    model = load_model(base_dir)
+    seq2seq = is_seq2seq(model)
+    if params.method == "lora":
+        model = with_lora(model, params)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    train_set = encode_items(train_items, tokenizer, generator, seq2seq)
+    dev_set = encode_items(dev_items, tokenizer, generator, seq2seq)
+    collator = (
+        DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8)
+        if seq2seq
+        else AnswerOnlyCollator(tokenizer.pad_token_id)
+    )
+    with tempfile.TemporaryDirectory(prefix="finetune_generator.") as checkpoints:
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(params, Path(checkpoints)),
+            train_dataset=train_set,
+            eval_dataset=dev_set,
+            data_collator=collator,
+            processing_class=tokenizer,
+        )
+        result = trainer.train()
+    history = trainer.state.log_history
+    dev_losses = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
+    eval_seconds = sum(e["eval_runtime"] for e in history if "eval_runtime" in e)
+    loop_seconds = result.metrics["train_runtime"] - eval_seconds
+    tokens = trainer.state.num_input_tokens_seen
+    best_step, best_loss = min(dev_losses[1:] or dev_losses, key=lambda s: s[1])
+    report = {
+        "method": params.method,
+        "bf16": params.bf16,
+        "trainable_params": trainable,
+        "train_examples": len(train_set),
+        "train_examples_by_task": dict(Counter(item.task for item in train_items)),
+        "dev_examples": len(dev_set),
+        "steps": trainer.state.global_step,
+        "train_tokens": tokens,  # non-pad prompt + answer tokens, all epochs
+        "train_seconds": round(loop_seconds, 1),  # training loop without dev evaluation
+        "tokens_per_second": round(tokens / loop_seconds, 1),
+        "dev_eval_seconds": round(eval_seconds, 1),
+        "dev_loss_before": round(dev_losses[0][1], 4),
+        "dev_loss_best": round(best_loss, 4),
+        "best_step": best_step,
+    }
+    save_generator(trainer.model, tokenizer, out_dir, report)
+    return report
+
+
+def save_generator(model: Any, tokenizer: Any, out_dir: Path, report: dict[str, Any]) -> None:
+    """Adapter and merged model in one atomic write, so `model/` never mixes two runs."""
+    with atomic_path(out_dir) as tmp:
+        if isinstance(model, PeftModel):
+            model.save_pretrained(tmp / "adapter")
+            model = model.merge_and_unload()
+        else:  # keeps the folder DVC tracks; full fine-tuning has no adapter
+            (tmp / "adapter").mkdir(parents=True)
+            (tmp / "adapter/README.md").write_text(NO_ADAPTER, encoding="utf-8")
+        model.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
+        write_json(tmp / "train_metrics.json", report)
+
+
+def main(params_file: Path = Path("params.yaml")) -> None:
+    params = load_params(params_file)
+    paths, generator, tune = params.paths, params.generator, params.finetune_generator
+    dedup_dir = resolve(params_file, paths.dedup_dir)
+    kb_dir = resolve(params_file, paths.kb_questions_dir)
+    docs = {doc.id: doc for doc in read_docs(dedup_dir / "docs.jsonl")}
+    contexts = read_contexts(resolve(params_file, paths.retrieved_contexts))
+
+    def real(split: str, answerable_only: bool) -> list[QARecord]:
+        records = read_qa(dedup_dir / "qa" / f"{split}.jsonl")
+        return [r for r in records if r.answerable or not answerable_only]
+
+    def items(records: list[QARecord], task: str, gold_passage: str) -> list[GenerationItem]:
+        return generation_items(records, task, contexts, docs, generator.top_k, gold_passage)
+
+    train = items(real("train", tune.real_answerable_only), "qa", tune.gold_passage)
+    train += items(read_qa(kb_dir / "train.jsonl"), "describe", tune.gold_passage)
+    # Dev mirrors evaluation (passages as retrieved, never a planted gold doc) and keeps to
+    # answers a model could read off its passages: the loss on unguessable numbers is noise.
+    dev = items(real("dev", answerable_only=True), "qa", "retrieved")
+    dev += items(read_qa(kb_dir / "dev.jsonl"), "describe", "retrieved")
+
+    start = time.perf_counter()
+    out_dir = resolve(params_file, paths.generator_dir)
+    report = finetune(
+        resolve(params_file, paths.generator_base_dir), train, dev, generator, tune, out_dir
+    )
+    print(
+        f"finetune_generator: {report['method']} on {report['train_examples']} examples "
+        f"{report['train_examples_by_task']}, {report['steps']} steps, "
+        f"{report['tokens_per_second']} tokens/s, dev loss {report['dev_loss_before']} -> "
+        f"{report['dev_loss_best']} (step {report['best_step']}); "
+        f"{time.perf_counter() - start:.0f} s in all -> {out_dir}"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

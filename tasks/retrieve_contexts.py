@@ -1,0 +1,50 @@
+"""Stage `retrieve_contexts`: the top-k doc ids of every question the generator trains or is
+judged on (real QA splits and KB questions), through the retriever's public `search`.
+
+Writing them once to `paths.retrieved_contexts` keeps the generator stages free of retrieval
+code and lets DVC retrain the generator exactly when the retrieved passages change. It prints
+recall@k of the gold docs, so generator numbers can be read against retrieval quality.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasks.io import atomic_path, run_stage, write_jsonl
+from tasks.kb_questions import KB_SPLITS
+from tasks.params import load_params, resolve
+from tasks.records import SPLITS, QARecord, read_qa
+from tasks.retriever import Retriever
+
+
+def question_sets(params_file: Path) -> dict[str, list[QARecord]]:
+    params = load_params(params_file)
+    qa_dir = resolve(params_file, params.paths.dedup_dir) / "qa"
+    kb_dir = resolve(params_file, params.paths.kb_questions_dir)
+    sets = {f"real/{s}": read_qa(qa_dir / f"{s}.jsonl") for s in SPLITS}
+    return sets | {f"kb/{s}": read_qa(kb_dir / f"{s}.jsonl") for s in KB_SPLITS}
+
+
+def main(params_file: Path = Path("params.yaml")) -> None:
+    params = load_params(params_file)
+    settings = params.retrieve_contexts
+    retriever = Retriever.from_params(params_file)
+    rows = []
+    for name, records in question_sets(params_file).items():
+        hits = retriever.search([r.question for r in records], k=settings.k, mode=settings.mode)
+        found = dict.fromkeys(sorted({1, params.generator.top_k, settings.k}), 0)
+        for record, ranked in zip(records, hits, strict=True):
+            ids = [hit.id for hit in ranked]
+            rows.append({"id": record.id, "doc_ids": ids, "scores": [h.score for h in ranked]})
+            for cut in found:
+                found[cut] += bool(set(ids[:cut]) & set(record.doc_ids))
+        recall = ", ".join(f"R@{cut} {n / len(records):.2f}" for cut, n in found.items())
+        print(
+            f"retrieve_contexts: {settings.mode} {name:12s} {len(records):4d} questions, {recall}"
+        )
+    with atomic_path(resolve(params_file, params.paths.retrieved_contexts)) as path:
+        write_jsonl(path, rows)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,173 @@
+"""Generator fine-tuning offline on a tiny Llama (LoRA and full; merged model reloads), and the
+generator data plumbing: KB questions, retrieved contexts, evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tasks.evaluate_generation import GeneratorSystem, evaluate_generation
+from tasks.finetune_generator import finetune
+from tasks.generation import generate_answers, item_prompt
+from tasks.generator_data import generation_items, with_gold
+from tasks.io import InputError
+from tasks.kb_questions import make_kb_questions
+from tasks.params import (
+    EvaluateGenerationParams,
+    FinetuneGeneratorParams,
+    GeneratorParams,
+    KbQuestionsParams,
+    LoraParams,
+)
+from tasks.records import Doc, QARecord
+from tests.tiny_generator import INSTRUCTIONS, items, make_tiny_generator
+
+GENERATOR = GeneratorParams(top_k=2, passage_tokens=12, max_new_tokens=6, instructions=INSTRUCTIONS)
+
+
+def tune_params(**overrides: object) -> FinetuneGeneratorParams:
+    values = {
+        "method": "lora",
+        "lora": LoraParams(
+            r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+        ),
+        "real_answerable_only": True,
+        "gold_passage": "retrieved",
+        "epochs": 20,
+        "batch_size": 3,
+        "learning_rate": 0.05,
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "eval_steps": 10,
+        "bf16": False,
+        "seed": 0,
+    } | overrides
+    return FinetuneGeneratorParams.model_validate(values)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_generator(tmp_path_factory.mktemp("tiny") / "generator")
+
+
+def test_lora_trains_offline_and_the_merged_model_equals_base_plus_adapter(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "tuned"
+    report = finetune(tiny_dir, items(), items(), GENERATOR, tune_params(), out)
+
+    assert json.loads((out / "train_metrics.json").read_text())["steps"] == report["steps"] == 20
+    assert report["dev_loss_best"] < report["dev_loss_before"] - 1
+    assert report["train_examples_by_task"] == {"qa": 2, "describe": 1}
+    assert (out / "adapter/adapter_model.safetensors").is_file()
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    merged = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32).eval()
+    assert not any("lora" in name for name in merged.state_dict())
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    adapted = PeftModel.from_pretrained(base, out / "adapter").eval()
+    batch = tokenizer(
+        [item_prompt(i, tokenizer, INSTRUCTIONS, 12, 2) for i in items()],
+        add_special_tokens=False,
+        return_tensors="pt",
+        padding=True,
+    )
+    with torch.no_grad():
+        merged_logits, adapted_logits = merged(**batch).logits, adapted(**batch).logits
+    assert torch.allclose(merged_logits, adapted_logits, atol=1e-4)
+    answers = generate_answers(
+        merged,
+        tokenizer,
+        [item_prompt(items()[0], tokenizer, INSTRUCTIONS, 12, 2)],
+        batch_size=1,
+        max_new_tokens=6,
+    )
+    assert isinstance(answers[0], str)
+
+
+def test_full_finetuning_learns_the_answers(tiny_dir: Path, tmp_path: Path) -> None:
+    """The tiny model memorizes three answers; greedy generation from the reloaded folder must
+    reproduce them, so prompts, masking, training and saving agree end to end."""
+    out = tmp_path / "full"
+    report = finetune(
+        tiny_dir,
+        items(),
+        items(),
+        GENERATOR,
+        tune_params(method="full", epochs=30, learning_rate=0.01),
+        out,
+    )
+    assert report["trainable_params"] > 10_000
+    assert not (out / "adapter/adapter_model.safetensors").exists()
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    model = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32).eval()
+    prompts = [item_prompt(i, tokenizer, INSTRUCTIONS, 12, 2) for i in items()]
+    answers = generate_answers(model, tokenizer, prompts, batch_size=3, max_new_tokens=6)
+    assert answers == ["blue device", "Coastal tower", "slow river of ice"]
+
+
+def test_evaluate_generation_scores_every_system_on_every_set(tiny_dir: Path) -> None:
+    systems = [
+        GeneratorSystem("closed_book", tiny_dir, rag=False),
+        GeneratorSystem("base_rag", tiny_dir, rag=True),
+    ]
+    params = EvaluateGenerationParams(
+        batch_size=2, bootstrap_resamples=100, confidence=0.9, samples=1, seed=0
+    )
+    metrics, rows = evaluate_generation(systems, {"toy": items()}, GENERATOR, params)
+    assert set(metrics) == {"toy", "toy_answerable"}  # two of three items are answerable
+    assert metrics["toy"]["n"] == 3 and metrics["toy_answerable"]["n"] == 2
+    assert metrics["toy"]["answer_in_passages"] == pytest.approx(2 / 3)  # not "Coastal tower"
+    f1 = metrics["toy"]["base_rag - closed_book"]["answer_f1"]
+    assert f1["low"] <= f1["mean"] <= f1["high"]
+    assert len(rows) == 3 and {"closed_book", "base_rag"} <= set(rows[0])
+
+
+def doc(doc_id: str, description: str) -> Doc:
+    return Doc(
+        id=doc_id,
+        title=doc_id.title(),
+        text=f"{doc_id} is a {description}.",
+        source="test",
+        description=description,
+    )
+
+
+def test_kb_questions_splits_are_disjoint_and_skip_real_gold_docs() -> None:
+    docs = [doc(f"d{i}", "small blue measuring device") for i in range(12)]
+    docs += [doc("short", "Thing"), doc("stub", "Wikimedia list article")]
+    params = KbQuestionsParams(
+        question_template="What is {title}?",
+        min_words=2,
+        max_words=10,
+        n_train=5,
+        n_dev=2,
+        n_heldout=3,
+        seed=0,
+    )
+    splits = make_kb_questions(docs, params, excluded={"d0"})
+    ids = {name: {r.doc_ids[0] for r in records} for name, records in splits.items()}
+    assert [len(v) for v in ids.values()] == [5, 2, 3]
+    assert not (ids["train"] | ids["dev"]) & ids["heldout"] and not ids["train"] & ids["dev"]
+    assert not {"d0", "short", "stub"} & set().union(*ids.values())
+    first = splits["heldout"][0]
+    assert first.question == f"What is {first.doc_ids[0].title()}?" and first.answerable
+    with pytest.raises(InputError, match="12 docs have a usable description, 13 requested"):
+        make_kb_questions(docs, params.model_copy(update={"n_train": 8}), excluded=set())
+
+
+def test_contexts_feed_passages_and_missing_ones_fail() -> None:
+    docs = {d.id: d for d in (doc("a", "first thing"), doc("b", "second one"), doc("g", "gold"))}
+    record = QARecord(id="q", question="Which?", answers=["gold"], doc_ids=["g"], group="q")
+    [item] = generation_items([record], "qa", {"q": ["a", "b", "g"]}, docs, top_k=2)
+    assert [p.title for p in item.passages] == ["A", "B"]
+    [planted] = generation_items([record], "qa", {"q": ["a", "b"]}, docs, 2, "insert")
+    assert [p.title for p in planted.passages] == ["A", "G"]
+    assert with_gold(["g", "a"], ["g"], 2) == ["g", "a"]
+    with pytest.raises(InputError, match="no entry for question id 'q'"):
+        generation_items([record], "qa", {}, docs, top_k=2)

@@ -1,0 +1,217 @@
+"""Retriever fine-tuning on a tiny random-init encoder: mining never offers a gold doc, the stage
+trains offline, and the saved encoder reloads with a fingerprint of its own."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sentence_transformers import SentenceTransformer
+
+from tasks import compare_retrievers, index, tune_retrieval
+from tasks import finetune_retriever as ft
+from tasks.encoder import encoder_fingerprint, load_encoder
+from tasks.index import passage_text
+from tasks.io import write_jsonl
+from tasks.params import HardNegativesParams, load_params
+from tasks.records import QARecord, read_qa
+from tasks.retriever import Fusion, Retriever
+from tests.fixtures_retrieval import make_retrieval_project, make_tiny_encoder, tiny_docs
+
+TRAIN = [
+    ("What is brewed from cured leaves?", ["tea"]),
+    ("Which dairy food is made by curdling milk?", ["cheese"]),
+    ("What dives beneath the ocean waves?", ["submarine"]),
+    ("What brings lightning and thunder?", ["thunderstorm"]),
+    ("Which board game has kings and pawns?", ["chess"]),
+    ("What receives very little rain?", ["desert"]),
+    ("Which sport hits a ball over a net?", ["volleyball"]),
+    ("What points north with a needle?", ["compass"]),
+    ("Which things are built by polyps or fold paper?", ["coral_reef", "origami"]),
+    ("What observes distant stars, and what guides ships?", ["telescope", "lighthouse"]),
+]
+SYNTHETIC = [("What grows apples, pears and plums?", "orchard")]
+MULTI_GOLD = {"coral_reef", "origami"}
+
+
+def qa_row(i: int, question: str, doc_ids: list[str], prefix: str = "t") -> dict[str, Any]:
+    return {
+        "id": f"{prefix}{i}",
+        "question": question,
+        "answers": [],
+        "doc_ids": doc_ids,
+        "group": f"{prefix}{i}",
+    }
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The retrieval fixture project, a richer train split, one synthetic question, the base
+    index built, and training sized to a few seconds."""
+    root = tmp_path_factory.mktemp("finetune")
+    params_file = make_retrieval_project(root, make_tiny_encoder(root))
+    write_jsonl(root / "qa/train.jsonl", [qa_row(i, q, d) for i, (q, d) in enumerate(TRAIN)])
+    write_jsonl(
+        root / "synthetic/queries.jsonl",
+        [qa_row(i, q, [d], "syn:") for i, (q, d) in enumerate(SYNTHETIC)],
+    )
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["paths"] |= {"synthetic_queries_dir": "synthetic", "retriever_dir": "tuned"}
+    params["tracking"]["enabled"] = False
+    params["finetune_retriever"] |= {
+        "epochs": 2,
+        "batch_size": 4,
+        "learning_rate": 0.001,
+        "eval_corpus": 12,
+        "negatives": {
+            "count": 2,
+            "range_min": 0,
+            "range_max": 8,
+            "margin_type": "absolute",
+            "margin": 0.0,
+        },
+    }
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    index.main(params_file)
+    return params_file
+
+
+def refuse_network(patch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"network access attempted: {args}")
+
+    patch.setattr(socket.socket, "connect", refuse)
+    patch.setattr(socket, "create_connection", refuse)
+
+
+def passages_of(params_file: Path) -> dict[str, str]:
+    include_title = load_params(params_file).index.include_title
+    return {d.id: passage_text(d, include_title) for d in tiny_docs()}
+
+
+def test_mined_negatives_never_contain_a_gold_doc(project: Path) -> None:
+    passages = passages_of(project)
+    pairs = ft.training_pairs(read_qa(project.parent / "qa/train.jsonl"), set(passages), "real")
+    assert len(pairs) == len(TRAIN) + 2  # the two-gold questions give two pairs each
+    params = load_params(project)
+    base = Retriever.load(
+        project.parent / "index", Fusion.from_params(params.retrieval), base=project.parent
+    )
+    mining = HardNegativesParams(
+        count=5, range_min=0, range_max=15, margin_type="relative", margin=0.0
+    )
+    negatives, stats = ft.mine_hard_negatives(
+        ft.dense_search(base), pairs, list(passages), mining, seed=0
+    )
+
+    assert stats["mined"] > 0
+    for pair, chosen in zip(pairs, negatives, strict=True):
+        assert len(chosen) == 5 and len(set(chosen)) == 5
+        assert not set(chosen) & pair.gold, (pair.query, chosen)
+    multi = [
+        chosen for pair, chosen in zip(pairs, negatives, strict=True) if pair.gold == MULTI_GOLD
+    ]
+    assert len(multi) == 2 and not {d for chosen in multi for d in chosen} & MULTI_GOLD
+
+
+def test_margin_range_and_fallback_by_hand() -> None:
+    """Gold docs are skipped wherever they rank; near-ties with the weakest gold are skipped;
+    a question whose gold lies beyond the window gets random (non-gold) docs."""
+    rankings = {
+        "two golds": [("b", 0.90), ("x", 0.85), ("a", 0.80), ("y", 0.78), ("z", 0.70)],
+        "gold far down": [("x", 0.9), ("y", 0.8), ("z", 0.7)],
+    }
+
+    def search(queries: list[str], depth: int) -> list[list[tuple[str, float]]]:
+        return [rankings[q][:depth] for q in queries]
+
+    pairs = [
+        ft.TrainingPair("two golds", "a", frozenset({"a", "b"}), "real"),
+        ft.TrainingPair("two golds", "b", frozenset({"a", "b"}), "real"),
+        ft.TrainingPair("gold far down", "g", frozenset({"g"}), "real"),
+    ]
+    params = HardNegativesParams(
+        count=1, range_min=0, range_max=4, margin_type="relative", margin=0.05
+    )  # weakest gold 0.80: below 0.76 passes
+    negatives, stats = ft.mine_hard_negatives(search, pairs, ["a", "b", "g", "w"], params, 0)
+    assert negatives[:2] == [["z"], ["z"]]  # x and y are within 5% of the gold, a and b gold
+    assert negatives[2] in (["a"], ["b"], ["w"])
+    assert stats == {"mined": 2, "random_filled": 1, "skipped_by_margin": 5}
+    absolute = params.model_copy(update={"margin_type": "absolute", "margin": 0.0, "range_min": 1})
+    negatives, _ = ft.mine_hard_negatives(search, pairs[:1], ["w"], absolute, 0)
+    assert negatives == [["y"]]  # rank 1 after the golds (x) skipped by range_min
+
+
+def test_evaluation_corpus_keeps_gold_and_candidates() -> None:
+    dev = [QARecord(id="q", question="?", answers=[], doc_ids=["g"], group="q")]
+    ids = [f"d{i}" for i in range(50)] + ["g"]
+    corpus = ft.evaluation_corpus(dev, [["d1", "d2"]], ids, size=10, seed=0)
+    assert len(corpus) == 10 and {"g", "d1", "d2"} <= set(corpus)
+    assert corpus == ft.evaluation_corpus(dev, [["d1", "d2"]], ids, size=10, seed=0)
+    assert ft.evaluation_corpus(dev, [], ids, size=0, seed=0) == sorted(ids)
+
+
+@pytest.fixture(scope="module")
+def trained(project: Path) -> Path:
+    """The stage run once, with every network connection refused."""
+    with pytest.MonkeyPatch.context() as patch:
+        refuse_network(patch)
+        ft.main(project)
+    return project.parent / "tuned"
+
+
+def test_stage_trains_offline_and_saves_a_new_encoder(project: Path, trained: Path) -> None:
+    base = load_encoder(load_params(project).index.encoder, project.parent)
+    out = trained
+    assert (out / "model/model.safetensors").is_file()
+    assert not (out / "checkpoints").exists() and not list(out.rglob("pytorch_model.bin"))
+    tuned = SentenceTransformer(str(out / "model"), device="cpu", local_files_only=True)
+    metrics = json.loads((out / "train_metrics.json").read_text(encoding="utf-8"))
+    assert encoder_fingerprint(tuned) == metrics["tuned_fingerprint"]
+    assert encoder_fingerprint(tuned) != encoder_fingerprint(base) == metrics["base_fingerprint"]
+    assert metrics["pairs"] == {"real": len(TRAIN) + 2, "synthetic": 1}
+    assert metrics["steps"] > 0 and len(metrics["dev_history"]) == 2  # one dev score per epoch
+    assert metrics["best_dev_ndcg@10"] == max(h["dev_ndcg@10"] for h in metrics["dev_history"])
+    positives = set(json.loads((out / "positives.json").read_text(encoding="utf-8")))
+    assert positives == {d for _, ds in TRAIN for d in ds} | {"orchard"}
+
+
+def test_comparison_reports_five_systems_on_whole_and_unseen_subsets(
+    project: Path, trained: Path
+) -> None:
+    tune_retrieval.main(project)
+    index.main(project, encoder=str(trained / "model"), out=project.parent / "index_tuned")
+    tune_retrieval.main(project, index=project.parent / "index_tuned", out=project.parent / "tt")
+    params = yaml.safe_load(project.read_text(encoding="utf-8"))
+    params["paths"] |= {
+        "index_tuned_dir": "index_tuned",
+        "tune_retrieval_tuned_dir": "tt",
+        "retriever_comparison_dir": "compare",
+    }
+    params["compare_retrievers"] |= {"split": "dev", "bootstrap_resamples": 200}
+    project.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    compare_retrievers.main(project)
+
+    report = json.loads((project.parent / "compare/report.json").read_text(encoding="utf-8"))
+    dev = read_qa(project.parent / "qa/dev.jsonl")
+    positives = set(json.loads((trained / "positives.json").read_text(encoding="utf-8")))
+    unseen = [r for r in dev if not set(r.doc_ids) & positives]
+    assert "lighthouse" in positives and 0 < len(unseen) < len(dev)  # a seen and unseen mix
+    assert report["dev"]["questions"] == len(dev)
+    assert report["dev_unseen_docs"]["questions"] == len(unseen)
+    for subset in ("dev", "dev_unseen_docs"):
+        systems = report[subset]["systems"]
+        assert list(systems) == list(compare_retrievers.SYSTEMS)
+        for by_metric in systems.values():
+            for value in by_metric.values():
+                assert value["low"] <= value["mean"] <= value["high"]
+        gap = report[subset]["differences"]["dense_tuned - dense_base"]["ndcg@10"]
+        means = systems["dense_tuned"]["ndcg@10"]["mean"] - systems["dense_base"]["ndcg@10"]["mean"]
+        assert gap["mean"] == pytest.approx(means)
+    assert report["encoders"]["tuned"]["fingerprint"] != report["encoders"]["base"]["fingerprint"]
