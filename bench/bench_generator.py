@@ -8,6 +8,8 @@ every position, random batches, fp32. The stage adds answer-only logits, length-
 batches and, when `finetune_generator.bf16` is set, bf16 autocast. Rounds alternate the two runs
 so that load from other processes on a shared machine hits both alike; the figure is the
 non-pad training tokens per second (dev evaluation excluded), and the ratio stage / plain.
+When the stage uses bf16, a third run (the stage in fp32) separates what bf16 gives from what
+answer-only logits and length grouping give.
 
     python -m bench.bench_generator [--examples 24] [--rounds 2]
 """
@@ -80,10 +82,11 @@ def plain_trainer_tokens_per_second(
 
 
 def stage_tokens_per_second(
-    params: Params, base_dir: Path, items: list[GenerationItem]
+    params: Params, base_dir: Path, items: list[GenerationItem], bf16: bool
 ) -> tuple[float, int, float]:
     """The stage itself (one epoch, dev = two examples), timed end to end as well."""
-    tune = params.finetune_generator.model_copy(update={"epochs": 1, "eval_steps": 10_000})
+    update = {"epochs": 1, "eval_steps": 10_000, "bf16": bf16}
+    tune = params.finetune_generator.model_copy(update=update)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         report = finetune(base_dir, items, items[:2], params.generator, tune, Path(out) / "g")
@@ -99,23 +102,27 @@ def main(params_file: Path, n_examples: int, rounds: int) -> None:
         f"bench_generator: {len(items)} examples, method {tune.method}, batch "
         f"{tune.batch_size}, stage bf16 {tune.bf16}, {rounds} rounds (shared CPU: noisy)"
     )
-    plain, stage = [], []
+    # The stage as configured, and (when it uses bf16) the same in fp32, to show what bf16 gives.
+    arms = {f"stage (bf16 {tune.bf16})": tune.bf16}
+    if tune.bf16:
+        arms["stage (bf16 False)"] = False
+    rates: dict[str, list[float]] = {"plain Trainer": []} | {name: [] for name in arms}
     for round_ in range(1, rounds + 1):
         rate, tokens = plain_trainer_tokens_per_second(params, base_dir, items)
-        plain.append(rate)
-        print(f"  round {round_}: plain Trainer {rate:6.1f} tokens/s ({tokens} tokens)", flush=True)
-        rate, tokens, wall = stage_tokens_per_second(params, base_dir, items)
-        stage.append(rate)
-        print(
-            f"  round {round_}: stage         {rate:6.1f} tokens/s ({tokens} tokens; "
-            f"{wall:.0f} s with model load, dev loss and saving)",
-            flush=True,
-        )
-    p, s = statistics.median(plain), statistics.median(stage)
-    print(
-        f"bench_generator: plain {p:.1f} tokens/s, stage {s:.1f} tokens/s, "
-        f"ratio stage/plain {s / p:.2f}x (medians)"
-    )
+        rates["plain Trainer"].append(rate)
+        print(f"  round {round_}: {'plain Trainer':18s} {rate:6.1f} tokens/s ({tokens} tokens)")
+        for name, bf16 in arms.items():
+            rate, tokens, wall = stage_tokens_per_second(params, base_dir, items, bf16)
+            rates[name].append(rate)
+            print(
+                f"  round {round_}: {name:18s} {rate:6.1f} tokens/s ({tokens} tokens; "
+                f"{wall:.0f} s with model load, dev loss and saving)",
+                flush=True,
+            )
+    plain = statistics.median(rates["plain Trainer"])
+    for name, values in rates.items():
+        rate = statistics.median(values)
+        print(f"bench_generator: {name:18s} {rate:6.1f} tokens/s, {rate / plain:.2f}x plain")
 
 
 if __name__ == "__main__":

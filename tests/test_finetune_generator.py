@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from tasks.evaluate_generation import GeneratorSystem, evaluate_generation
 from tasks.finetune_generator import finetune
@@ -25,7 +31,7 @@ from tasks.params import (
     LoraParams,
 )
 from tasks.records import Doc, QARecord
-from tests.tiny_generator import INSTRUCTIONS, items, make_tiny_generator
+from tests.tiny_generator import INSTRUCTIONS, items, make_tiny_generator, tiny_tokenizer
 
 GENERATOR = GeneratorParams(top_k=2, passage_tokens=12, max_new_tokens=6, instructions=INSTRUCTIONS)
 
@@ -171,3 +177,33 @@ def test_contexts_feed_passages_and_missing_ones_fail() -> None:
     assert with_gold(["g", "a"], ["g"], 2) == ["g", "a"]
     with pytest.raises(InputError, match="no entry for question id 'q'"):
         generation_items([record], "qa", {}, docs, top_k=2)
+
+
+def test_a_seq2seq_generator_without_chat_template_trains_and_answers(tmp_path: Path) -> None:
+    """The same stage code drives an encoder-decoder model (plain-text prompt, labels = answer)."""
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = None
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=64,
+        d_ff=64,
+        d_kv=16,
+        num_layers=1,
+        num_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    base = tmp_path / "t5"
+    T5ForConditionalGeneration(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    out = tmp_path / "tuned"
+    tune = tune_params(method="full", epochs=60, learning_rate=0.01)
+    report = finetune(base, items(), items(), GENERATOR, tune, out)
+    assert report["dev_loss_best"] < report["dev_loss_before"]
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    model = AutoModelForSeq2SeqLM.from_pretrained(out / "model", dtype=torch.float32).eval()
+    prompts = [item_prompt(i, tokenizer, INSTRUCTIONS, 12, 2) for i in items()]
+    assert prompts[0].endswith("\nAnswer:") and "<|im_start|>" not in prompts[0]
+    answers = generate_answers(model, tokenizer, prompts, batch_size=3, max_new_tokens=6)
+    assert answers == ["blue device", "Coastal tower", "slow river of ice"]
