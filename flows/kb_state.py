@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tasks.assets import package_file
-from tasks.ingest import FANOUT_FILE, FANOUT_PACKAGE, FOLDER_SUFFIXES, WIKI_FILE, WIKI_PACKAGE
+from tasks.ingest import FANOUT_FILE, FANOUT_PACKAGE, WIKI_FILE, WIKI_PACKAGE, kb_files
 from tasks.io import InputError, atomic_path, write_json
 from tasks.params import load_params, resolve
 from tasks.tracking import file_digest
@@ -29,17 +29,20 @@ def source_files(params_file: Path) -> list[tuple[str, Path]]:
     renaming a KB file (which renames its doc id) does.
     """
     params = load_params(params_file).ingest
+    updates = resolve(params_file, params.updates_folder)
+    added = kb_files(updates) if updates.is_dir() else []
+    named_updates = [(f"updates/{p.relative_to(updates).as_posix()}", p) for p in added]
     if params.source == "packaged":
         return [
             ("packaged/kb", package_file(WIKI_PACKAGE, WIKI_FILE)),
             ("packaged/qa", package_file(FANOUT_PACKAGE, FANOUT_FILE)),
+            *named_updates,
         ]
     folder = resolve(params_file, params.kb_folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: KB folder not found")
-    files = sorted(p for p in folder.rglob("*") if p.suffix in FOLDER_SUFFIXES and p.is_file())
-    named = [(f"kb/{p.relative_to(folder).as_posix()}", p) for p in files]
-    return [*named, ("qa", resolve(params_file, params.qa_file))]
+    named = [(f"kb/{p.relative_to(folder).as_posix()}", p) for p in kb_files(folder)]
+    return [*named, ("qa", resolve(params_file, params.qa_file)), *named_updates]
 
 
 def source_fingerprint(params_file: Path) -> str:

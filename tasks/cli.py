@@ -88,6 +88,45 @@ def status(params: Path = PARAMS_OPTION) -> None:
         typer.echo(f"{row.model:20s} {row.alias:17s} v{row.version:<4s} {values}  ({run})")
 
 
+BUNDLE_OPTION = typer.Option(
+    None, "--bundle", help="a local bundle folder instead of the registry (e.g. data/bundle)"
+)
+
+
+@app.command()
+def ask(
+    question: str = typer.Argument(..., help="the question to answer"),
+    alias: str = typer.Option("champion", help="registry alias to serve (champion, challenger)"),
+    bundle: Path = BUNDLE_OPTION,
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Answer a question with the champion RAG bundle from the registry, citing its sources."""
+    import mlflow
+
+    from tasks.params import load_params
+    from tasks.registry import registry_client
+
+    settings = load_params(params)
+    name = settings.register_.judged
+    if bundle is not None:
+        uri = str(bundle)
+    else:
+        registry_client(params)  # points mlflow at the project's store
+        uri = f"models:/{name}@{alias}"
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except mlflow.exceptions.MlflowException as err:
+        typer.echo(f"error: cannot load {uri}: {err.message}", err=True)
+        raise typer.Exit(1) from err
+    (result,) = model.predict([question])
+    typer.echo(result["answer"])
+    typer.echo(f"sources ({uri}):")
+    for rank, (doc_id, title) in enumerate(
+        zip(result["sources"], result["source_titles"], strict=True), start=1
+    ):
+        typer.echo(f"  [{rank}] {title} ({doc_id})")
+
+
 @app.command()
 def schedule(
     cron: str = typer.Option(..., help='cron expression, e.g. "0 3 * * *" (daily at 03:00)'),

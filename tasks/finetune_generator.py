@@ -44,6 +44,8 @@ from tasks.generator_data import generation_items, read_contexts
 from tasks.io import InputError, atomic_path, run_stage, write_json
 from tasks.params import FinetuneGeneratorParams, GeneratorParams, load_params, resolve
 from tasks.records import QARecord, read_docs, read_qa
+from tasks.tracking import stage_run
+from tasks.training_curves import MlflowCurves
 
 NO_ADAPTER = "Full fine-tuning: no LoRA adapter; ../model holds the tuned weights.\n"
 
@@ -155,6 +157,7 @@ def finetune(
             eval_dataset=dev_set,
             data_collator=collator,
             processing_class=tokenizer,
+            callbacks=[MlflowCurves()],
         )
         result = trainer.train()
     history = trainer.state.log_history
@@ -221,9 +224,11 @@ def main(params_file: Path = Path("params.yaml")) -> None:
 
     start = time.perf_counter()
     out_dir = resolve(params_file, paths.generator_dir)
-    report = finetune(
-        resolve(params_file, paths.generator_base_dir), train, dev, generator, tune, out_dir
-    )
+    with stage_run("finetune_generator", params_file) as run:
+        report = finetune(
+            resolve(params_file, paths.generator_base_dir), train, dev, generator, tune, out_dir
+        )
+        run.log_metrics({k: v for k, v in report.items() if k != "train_examples_by_task"})
     print(
         f"finetune_generator: {report['method']} on {report['train_examples']} examples "
         f"{report['train_examples_by_task']}, {report['steps']} steps, "

@@ -61,6 +61,7 @@ from tasks.records import QARecord, read_docs, read_qa, read_qa_splits
 from tasks.retriever import Fusion, Retriever
 from tasks.synthesize_queries import QUERIES_FILE
 from tasks.tracking import stage_run
+from tasks.training_curves import MlflowCurves
 
 MODEL_DIR = "model"
 POSITIVES_FILE = "positives.json"
@@ -243,7 +244,12 @@ def train_encoder(
         **schedule,
     )
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=dataset, loss=loss, evaluator=evaluator
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=[MlflowCurves()],
     )
     started = time.perf_counter()
     trainer.train()

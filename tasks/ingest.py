@@ -115,15 +115,21 @@ def doc_from_text_file(path: Path, folder: Path) -> Doc:
     )
 
 
-def docs_from_folder(folder: Path) -> list[Doc]:
-    """Every .jsonl (canonical docs), .md and .txt file below `folder`, ids unique across files."""
+def kb_files(folder: Path) -> list[Path]:
+    """The .jsonl, .md and .txt files below `folder`, sorted (the KB's files, whatever else)."""
+    return sorted(p for p in folder.rglob("*") if p.suffix in FOLDER_SUFFIXES and p.is_file())
+
+
+def docs_from_folder(folder: Path, known: dict[str, Path | str] | None = None) -> list[Doc]:
+    """Every .jsonl (canonical docs), .md and .txt file below `folder`; ids unique across files
+    and against `known` (id -> where it came from)."""
     if not folder.is_dir():
         raise InputError(f"{folder}: KB folder not found")
-    files = sorted(p for p in folder.rglob("*") if p.suffix in FOLDER_SUFFIXES and p.is_file())
+    files = kb_files(folder)
     if not files:
         raise InputError(f"{folder}: no {'/'.join(FOLDER_SUFFIXES)} files in the KB folder")
     docs: list[Doc] = []
-    origin: dict[str, Path] = {}
+    origin: dict[str, Path | str] = dict(known or {})
     for path in files:
         batch = (
             read_jsonl(path, Doc) if path.suffix == ".jsonl" else [doc_from_text_file(path, folder)]
@@ -178,16 +184,20 @@ def split_by_group(records: list[QARecord], split: SplitParams) -> dict[str, lis
 
 
 def load_sources(params: IngestParams, params_file: Path) -> tuple[list[Doc], list[QARecord]]:
-    """Read the KB and QA sources chosen in params."""
+    """Read the KB and QA sources chosen in params, plus the docs in the updates folder."""
     if params.source == "packaged":
         summaries = json.loads(read_text(package_file(WIKI_PACKAGE, WIKI_FILE)))
         docs = docs_from_wiki_summaries(summaries)
         questions = json.loads(read_text(package_file(FANOUT_PACKAGE, FANOUT_FILE)))
-        return docs, qa_from_fanout(questions, {doc.id for doc in docs})
-    docs = docs_from_folder(resolve(params_file, params.kb_folder))
-    qa_path = resolve(params_file, params.qa_file)
-    records = read_qa(qa_path)
-    check_qa_references(records, {doc.id for doc in docs}, qa_path)
+        records = qa_from_fanout(questions, {doc.id for doc in docs})
+    else:
+        docs = docs_from_folder(resolve(params_file, params.kb_folder))
+        qa_path = resolve(params_file, params.qa_file)
+        records = read_qa(qa_path)
+        check_qa_references(records, {doc.id for doc in docs}, qa_path)
+    updates = resolve(params_file, params.updates_folder)
+    if updates.is_dir() and kb_files(updates):
+        docs += docs_from_folder(updates, {doc.id: f"the {params.source} KB" for doc in docs})
     return docs, records
 
 

@@ -44,6 +44,8 @@ class PathsParams(Section):
     index_tuned_dir: Path  # index --encoder <retriever_dir>/model -> the tuned encoder's index
     tune_retrieval_tuned_dir: Path  # tune_retrieval on the tuned index -> fusion.json
     retriever_comparison_dir: Path  # compare_retrievers -> metrics.json, report.{json,md}
+    bundle_dir: Path  # bundle -> the RAG system as an MLflow pyfunc model folder
+    evaluate_dir: Path  # evaluate -> metrics.json ({system: {metric}}, the gate's input), report.md
 
 
 class SplitParams(Section):
@@ -68,6 +70,7 @@ class IngestParams(Section):
     source: Literal["packaged", "folder"]
     kb_folder: Path
     qa_file: Path
+    updates_folder: Path  # docs added on top of either source (a KB feed); may be empty
     split: SplitParams
 
 
@@ -346,6 +349,20 @@ class CompareRetrieversParams(Section):
     seed: int
 
 
+class BundleParams(Section):
+    retriever_model: str  # registered names of the components the bundle pins
+    generator_model: str
+    mode: Literal["dense", "bm25", "hybrid"]
+    depth: int = Field(ge=1, le=100)  # doc ids ranked per question (retrieval metrics read them)
+    batch_size: int = Field(ge=1)  # questions generated together
+
+
+class EvaluateParams(Section):
+    split: Literal["dev", "test"]
+    retrieval_metrics: list[str] = Field(min_length=1)  # ranx names, at most bundle.depth deep
+    rescore_champion: bool  # score the registry's champion bundle on the same questions
+
+
 class Params(Section):
     paths: PathsParams
     ingest: IngestParams
@@ -367,6 +384,8 @@ class Params(Section):
     synthesize_queries: SynthesizeQueriesParams
     finetune_retriever: FinetuneRetrieverParams
     compare_retrievers: CompareRetrieversParams
+    bundle: BundleParams
+    evaluate: EvaluateParams
 
 
 def load_params(path: Path = Path("params.yaml")) -> Params:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tasks.bundle import is_bundle, pin_components
 from tasks.io import InputError, atomic_path, read_text, run_stage, write_json
 from tasks.params import Params, load_params, resolve
 from tasks.promotion import Decision, Metrics, promotion_gate
@@ -121,7 +122,8 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         run.log_metrics(candidate)
         run.log_metrics(baselines, prefix="baseline.")
         client = registry_client(params_file)
-        versions = register_models(client, run.run_id, folders, reg.judged)
+        pin_into = pin_components if is_bundle(folders[reg.judged]) else None
+        versions = register_models(client, run.run_id, folders, reg.judged, pin_into)
         decision = judge(
             client,
             reg.judged,

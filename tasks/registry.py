@@ -12,7 +12,9 @@ their `champion` aliases with it, so an index never serves with another encoder.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,11 +79,17 @@ def register_folder(
 
 
 def register_models(
-    client: MlflowClient, run_id: str, folders: Mapping[str, Path], judged: str
+    client: MlflowClient,
+    run_id: str,
+    folders: Mapping[str, Path],
+    judged: str,
+    pin_into: Callable[[Path, dict[str, str]], None] | None = None,
 ) -> dict[str, str]:
     """Register every folder as a new version, the judged model last pinning all the others.
 
-    Every new version becomes its model's `challenger`.
+    `pin_into(copy, versions)` may write the component versions into a copy of the judged
+    folder before it is uploaded (the RAG bundle loads its components by those versions); the
+    pins are also tags of the judged version. Every new version becomes its model's `challenger`.
     """
     versions = {
         name: register_folder(client, name, folder, run_id)
@@ -89,7 +97,12 @@ def register_models(
         if name != judged
     }
     pins = {f"{PIN_PREFIX}{name}": version for name, version in versions.items()}
-    versions[judged] = register_folder(client, judged, folders[judged], run_id, pins)
+    with tempfile.TemporaryDirectory(prefix="ragloop-register.") as staging:
+        judged_folder = folders[judged]
+        if pin_into is not None:
+            judged_folder = Path(shutil.copytree(judged_folder, Path(staging) / judged))
+            pin_into(judged_folder, dict(versions))
+        versions[judged] = register_folder(client, judged, judged_folder, run_id, pins)
     for name, version in versions.items():
         client.set_registered_model_alias(name, CHALLENGER, version)
     return versions

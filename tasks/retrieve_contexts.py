@@ -1,5 +1,6 @@
 """Stage `retrieve_contexts`: the top-k doc ids of every question the generator trains or is
-judged on (real QA splits and KB questions), through the retriever's public `search`.
+judged on (real QA splits and KB questions), through the tuned retriever (tuned encoder
+index, hybrid weights re-tuned for it: `Retriever.tuned`).
 
 Writing them once to `paths.retrieved_contexts` keeps the generator stages free of retrieval
 code and lets DVC retrain the generator exactly when the retrieved passages change. It prints
@@ -28,7 +29,7 @@ def question_sets(params_file: Path) -> dict[str, list[QARecord]]:
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     settings = params.retrieve_contexts
-    retriever = Retriever.from_params(params_file)
+    retriever = Retriever.tuned(params_file)
     rows = []
     for name, records in question_sets(params_file).items():
         hits = retriever.search([r.question for r in records], k=settings.k, mode=settings.mode)

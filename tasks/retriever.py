@@ -190,6 +190,14 @@ class Retriever:
         )
         return cls.load(folder, fusion, base=params_file.parent)
 
+    @classmethod
+    def tuned(cls, params_file: Path = Path("params.yaml")) -> Retriever:
+        """The RAG system's retriever: the tuned encoder's index with the fusion re-tuned for it."""
+        paths = load_params(params_file).paths
+        fusion_file = resolve(params_file, paths.tune_retrieval_tuned_dir) / FUSION_FILE
+        index_dir = resolve(params_file, paths.index_tuned_dir)
+        return cls.load(index_dir, Fusion.from_file(fusion_file), base=params_file.parent)
+
     def dense(self, queries: list[str], depth: int) -> list[Ranking]:
         """Top `depth` rows by cosine similarity to each query (query embedding included)."""
         with one_thread(active=len(queries) <= FEW_QUERIES):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tasks import ingest
+from tasks.io import InputError
 from tasks.params import SplitParams
 from tasks.records import Doc, QARecord, read_docs, read_qa_splits
 from tests.projects import make_project
@@ -111,3 +114,23 @@ def test_extra_doc_fields_survive_the_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "docs.jsonl"
     path.write_text(json.dumps(doc.model_dump()) + "\n", encoding="utf-8")
     assert read_docs(path)[0].model_dump()["topic"] == "Arts"
+
+
+def test_updates_folder_adds_docs_on_top_of_the_packaged_kb(tmp_path: Path) -> None:
+    params_file = make_project(tmp_path, source="packaged", ingest__updates_folder="feed")
+    (tmp_path / "feed").mkdir()
+    (tmp_path / "feed/solar_sail.md").write_text(
+        "# Solar sail\n\nA solar sail propels a spacecraft with the pressure of sunlight.\n",
+        encoding="utf-8",
+    )
+    ingest.main(params_file)
+    docs = {d.id: d for d in read_docs(tmp_path / "data/kb/docs.jsonl")}
+    assert len(docs) == 10_034
+    assert docs["solar_sail"].title == "Solar sail"
+
+    clash = {"id": "Krakatoa", "title": "Krakatoa", "text": "A second Krakatoa.", "source": "x"}
+    (tmp_path / "feed/more.jsonl").write_text(json.dumps(clash) + "\n", encoding="utf-8")
+    before = (tmp_path / "data/kb/docs.jsonl").read_bytes()
+    with pytest.raises(InputError, match=r"feed/more.jsonl.*'Krakatoa'.*the packaged KB"):
+        ingest.main(params_file)
+    assert (tmp_path / "data/kb/docs.jsonl").read_bytes() == before

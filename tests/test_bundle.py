@@ -1,0 +1,125 @@
+"""The RAG bundle as a real MLflow pyfunc: tiny encoder + index + tiny generator, saved, loaded,
+registered on a sqlite store with its components pinned, and served from the registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from tasks.bundle import components_spec, is_bundle, pin_components, save_bundle
+from tasks.embedding_cache import EmbeddingCache
+from tasks.encoder import load_encoder
+from tasks.index import build_index
+from tasks.io import InputError, write_json
+from tasks.params import BundleParams, GeneratorParams
+from tasks.registry import register_models
+from tasks.retriever import EncoderMismatchError, Fusion, Retriever
+from tests.fixtures_retrieval import make_tiny_encoder, tiny_docs, tiny_index_params
+from tests.tiny_generator import INSTRUCTIONS, make_tiny_generator
+
+GENERATOR = GeneratorParams(top_k=2, passage_tokens=12, max_new_tokens=4, instructions=INSTRUCTIONS)
+SERVING = BundleParams(
+    retriever_model="tiny-retriever",
+    generator_model="tiny-generator",
+    mode="hybrid",
+    depth=5,
+    batch_size=4,
+)
+FUSION = Fusion(rrf_k=60, dense_weight=0.7, bm25_weight=0.3, candidates=10)
+QUESTIONS = ["Which planet has bright rings?", "What grinds grain with wind?", "Violin strings?"]
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two tiny encoders (the index is built by the first), fusion file, tiny generator."""
+    root = tmp_path_factory.mktemp("bundle_parts")
+    encoder, other = make_tiny_encoder(root, seed=0), make_tiny_encoder(root, seed=1)
+    with EmbeddingCache(root / "cache") as cache:
+        build_index(
+            tiny_docs(),
+            load_encoder(str(encoder), Path()),
+            str(encoder),
+            cache,
+            tiny_index_params(),
+            root / "index",
+            False,
+        )
+    write_json(root / "fusion.json", {"fusion": vars(FUSION)})
+    generator = make_tiny_generator(root / "generator")
+    return {
+        "root": root,
+        "encoder": encoder,
+        "other": other,
+        "index": root / "index",
+        "fusion": root / "fusion.json",
+        "generator": generator,
+    }
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(parts: dict[str, Path]) -> Path:
+    out = parts["root"] / "bundle"
+    spec = components_spec(parts["encoder"], parts["generator"], GENERATOR, SERVING)
+    save_bundle(out, parts["index"], parts["fusion"], spec)
+    return out
+
+
+def test_bundle_answers_citing_what_its_retriever_ranks(bundle_dir: Path, parts) -> None:
+    assert is_bundle(bundle_dir)
+    outputs = mlflow.pyfunc.load_model(str(bundle_dir)).predict(QUESTIONS)
+    direct = Retriever.load(parts["index"], FUSION).search(QUESTIONS, k=5, mode="hybrid")
+    assert [o["question"] for o in outputs] == QUESTIONS
+    for output, ranked in zip(outputs, direct, strict=True):
+        assert output["retrieved"] == [hit.id for hit in ranked]
+        assert output["sources"] == output["retrieved"][: GENERATOR.top_k]
+        assert output["source_titles"] == [hit.title for hit in ranked[: GENERATOR.top_k]]
+        assert isinstance(output["answer"], str)
+    table = mlflow.pyfunc.load_model(str(bundle_dir)).predict(pd.DataFrame({"question": QUESTIONS}))
+    assert table == outputs  # greedy decoding: same input, same answers
+
+
+def test_a_bundle_naming_another_encoder_refuses_to_load(parts) -> None:
+    out = parts["root"] / "mismatched"
+    spec = components_spec(parts["other"], parts["generator"], GENERATOR, SERVING)
+    save_bundle(out, parts["index"], parts["fusion"], spec)
+    with pytest.raises(EncoderMismatchError, match="fingerprint"):
+        mlflow.pyfunc.load_model(str(out))
+
+
+def test_registered_bundle_pins_its_components_and_serves_from_the_registry(
+    bundle_dir: Path, parts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    client = MlflowClient(uri)
+    run_id = client.create_run(experiment).info.run_id
+    folders = {
+        "tiny-retriever": parts["encoder"],
+        "tiny-generator": parts["generator"],
+        "tiny-rag": bundle_dir,
+    }
+    for _ in range(2):  # the second round: versions 2, pinned to components v2
+        versions = register_models(client, run_id, folders, "tiny-rag", pin_components)
+    assert versions == {"tiny-retriever": "2", "tiny-generator": "2", "tiny-rag": "2"}
+    assert client.get_model_version("tiny-rag", "2").tags == {
+        "pin.tiny-retriever": "2",
+        "pin.tiny-generator": "2",
+    }
+    registered = Path(mlflow.artifacts.download_artifacts("models:/tiny-rag/2"))
+    spec = json.loads((registered / "artifacts/components.json").read_text())
+    assert spec["retriever"] == {"model": "tiny-retriever", "version": "2"}
+    assert spec["generator"] == {"model": "tiny-generator", "version": "2"}
+    local = json.loads((bundle_dir / "artifacts/components.json").read_text())
+    assert "path" in local["retriever"]  # the stage's own folder is left as it was
+
+    served = mlflow.pyfunc.load_model("models:/tiny-rag/2").predict(QUESTIONS)
+    assert served == mlflow.pyfunc.load_model(str(bundle_dir)).predict(QUESTIONS)
+    with pytest.raises(InputError, match="no registered version of .tiny-retriever"):
+        pin_components(registered, {"tiny-nothing": "1"})
