@@ -25,6 +25,7 @@ import numpy as np
 from tasks.generation_metrics import score_prediction
 from tasks.io import atomic_path, jsonl_lines, read_text, run_stage, write_json
 from tasks.params import load_params, resolve
+from tasks.plots import bars_figure
 from tasks.records import Doc, QARecord, read_docs, read_qa
 from tasks.registry import CHAMPION, aliases, registry_client
 from tasks.retrieval_metrics import score_rankings
@@ -150,6 +151,14 @@ def main(params_file: Path = Path("params.yaml")) -> None:
                 report_markdown(systems, len(records), settings.split), encoding="utf-8"
             )
         run.log_artifact(out_dir / "report.md")
+        shown = [
+            "answer_f1",
+            "exact_match",
+            "rouge_l",
+            *map(metric_key, settings.retrieval_metrics),
+        ]
+        figure = bars_figure(systems, shown, f"{len(records)} real {settings.split} questions")
+        run.log_figure(figure, "systems.png")
     print(report_markdown(systems, len(records), settings.split))
 
 

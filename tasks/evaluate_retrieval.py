@@ -18,6 +18,7 @@ from typing import Any
 
 from tasks.io import atomic_path, run_stage, write_json
 from tasks.params import EvaluateRetrievalParams, load_params, resolve
+from tasks.plots import curve_figure
 from tasks.records import QARecord, read_qa
 from tasks.retrieval_metrics import score_rankings, summarize
 from tasks.retriever import FUSION_FILE, Fusion, Retriever, fuse_rankings
@@ -134,6 +135,9 @@ def main(
         run.log_metrics(metrics)
         write_evaluation(out_dir, metrics, report, tables, curves)
         run.log_artifact(out_dir)
+        for split, curve in curves.items():
+            title = f"Recall@k, {split} split"
+            run.log_figure(curve_figure(curve, "k", title, "recall"), f"recall_at_k_{split}.png")
     print(
         f"evaluate_retrieval: tuned fusion rrf_k={tuned.rrf_k:g} dense={tuned.dense_weight:g} "
         f"bm25={tuned.bm25_weight:g}; equal: rrf_k={equal.rrf_k:g}, 0.5/0.5; "

@@ -189,6 +189,14 @@ class StageRun:
         else:
             mlflow.log_artifact(str(path), artifact_path, run_id=self.run_id)
 
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """A matplotlib figure as a PNG artifact (the MLflow UI previews it)."""
+        if self.run_id is None:
+            return
+        from mlflow import MlflowClient
+
+        MlflowClient().log_figure(self.run_id, figure, artifact_file)
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.run_id is None:
             return
