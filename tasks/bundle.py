@@ -30,6 +30,7 @@ from tasks.generation import GenerationItem, Passage, generate_answers, item_pro
 from tasks.io import InputError, atomic_path, read_text, run_stage, write_json
 from tasks.params import BundleParams, GeneratorParams, load_params, resolve
 from tasks.retriever import FUSION_FILE, Fusion, Retriever
+from tasks.tracking import stage_run
 
 COMPONENTS = "components"  # the artifact naming the encoder and generator, and the prompt
 INDEX, FUSION = "index", "fusion"
@@ -185,7 +186,9 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         params.bundle,
     )
     out_dir = resolve(params_file, paths.bundle_dir)
-    save_bundle(out_dir, index_dir, fusion_file, spec)
+    with stage_run("bundle", params_file) as run:
+        save_bundle(out_dir, index_dir, fusion_file, spec)
+        run.log_artifact(out_dir / "artifacts" / f"{COMPONENTS}.json")
     print(
         f"bundle: {out_dir} = index {index_dir.name} + fusion {fusion_file} "
         f"+ {spec['retriever']['model']} + {spec['generator']['model']} (named, not copied)"

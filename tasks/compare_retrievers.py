@@ -33,6 +33,7 @@ from tasks.params import CompareRetrieversParams, load_params, resolve
 from tasks.records import QARecord, read_qa
 from tasks.retrieval_metrics import bootstrap_interval, per_query_scores, qrels_from, run_from
 from tasks.retriever import FUSION_FILE, Fusion, Retriever
+from tasks.tracking import stage_run
 
 SYSTEMS = ("bm25", "dense_base", "dense_tuned", "hybrid_base", "hybrid_tuned")
 # (system, reference): the paired intervals reported, the first one is the headline
@@ -164,6 +165,9 @@ def main(params_file: Path = Path("params.yaml"), tuned_index: Path | None = Non
         write_json(out / "metrics.json", metrics)
         write_json(out / "report.json", report)
         (out / "report.md").write_text("\n".join(tables), encoding="utf-8")
+    with stage_run("compare_retrievers", params_file) as run:
+        run.log_metrics(metrics)
+        run.log_artifact(resolve(params_file, paths.retriever_comparison_dir) / "report.md")
     print("\n".join(tables))
 
 

@@ -27,6 +27,7 @@ from tasks.generator_data import generation_items, read_contexts
 from tasks.io import atomic_path, jsonl_lines, run_stage, write_json
 from tasks.params import EvaluateGenerationParams, GeneratorParams, load_params, resolve
 from tasks.records import read_docs, read_qa
+from tasks.tracking import stage_run
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,9 @@ def main(params_file: Path = Path("params.yaml")) -> None:
             ),
             encoding="utf-8",
         )
+    with stage_run("evaluate_generation", params_file) as run:
+        run.log_metrics(metrics)
+        run.log_artifact(resolve(params_file, paths.generation_eval_dir) / "samples.md")
     print(metrics_table(metrics, names))
 
 

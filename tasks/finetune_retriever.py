@@ -49,7 +49,7 @@ from sentence_transformers.sentence_transformer.losses import (
 
 from tasks.encoder import encoder_fingerprint, load_encoder
 from tasks.index import passage_text
-from tasks.io import InputError, atomic_path, run_stage, write_json
+from tasks.io import InputError, atomic_path, read_text, run_stage, write_json
 from tasks.params import (
     FinetuneRetrieverParams,
     HardNegativesParams,
@@ -306,7 +306,9 @@ def finetune(
     pairs = training_pairs(splits["train"], set(passages), "real") if tune.use_real else []
     if tune.use_synthetic:
         synthetic_file = resolve(params_file, params.paths.synthetic_queries_dir) / QUERIES_FILE
-        pairs += training_pairs(read_qa(synthetic_file), set(passages), "synthetic")
+        # Empty when synthesize_queries kept no question (a weak generator, a small KB).
+        synthetic = read_qa(synthetic_file) if read_text(synthetic_file).strip() else []
+        pairs += training_pairs(synthetic, set(passages), "synthetic")
     if not pairs:
         raise InputError("finetune_retriever: no training pair has its gold doc in the KB")
     mining: dict[str, int] = {}

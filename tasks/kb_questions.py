@@ -18,6 +18,7 @@ from tasks.answers import answer_in_text
 from tasks.io import InputError, atomic_path, run_stage, write_jsonl
 from tasks.params import KbQuestionsParams, load_params, resolve
 from tasks.records import Doc, QARecord, read_docs, read_qa_splits
+from tasks.tracking import stage_run
 
 KB_SPLITS = ("train", "dev", "heldout")
 
@@ -86,6 +87,8 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     with atomic_path(resolve(params_file, params.paths.kb_questions_dir)) as out:
         for name, records in splits.items():
             write_jsonl(out / f"{name}.jsonl", records)
+    with stage_run("kb_questions", params_file) as run:
+        run.log_metrics({f"{name}_questions": len(records) for name, records in splits.items()})
     for name, records in splits.items():
         in_text = sum(bool(r.answerable) for r in records)
         print(

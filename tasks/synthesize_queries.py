@@ -39,6 +39,7 @@ from tasks.params import SynthesizeQueriesParams, load_params, resolve
 from tasks.prepare_generator import load_generator
 from tasks.records import Doc, QARecord, read_docs, read_qa_splits
 from tasks.retriever import Fusion, Retriever
+from tasks.tracking import stage_run
 
 ID_PREFIX = "syn:"
 QUERIES_FILE = "queries.jsonl"
@@ -207,6 +208,8 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         write_jsonl(out / QUERIES_FILE, kept)
         write_jsonl(out / "rejected.jsonl", rejected)
         write_json(out / "metrics.json", metrics)
+    with stage_run("synthesize_queries", params_file) as run:
+        run.log_metrics(metrics)
     print(
         f"synthesize_queries: {len(chosen)} docs -> {len(kept)} questions kept "
         f"({metrics['kept_share']:.0%}; dropped {reasons}); generation {seconds:.0f} s, "

@@ -90,6 +90,7 @@ def make_project(
     for dotted, value in overrides.items():
         section, key = dotted.split("__")
         params[section][key] = value
+    (root / params["ingest"]["updates_folder"]).mkdir(parents=True, exist_ok=True)  # a dvc dep
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return params_file

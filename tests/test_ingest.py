@@ -118,7 +118,6 @@ def test_extra_doc_fields_survive_the_round_trip(tmp_path: Path) -> None:
 
 def test_updates_folder_adds_docs_on_top_of_the_packaged_kb(tmp_path: Path) -> None:
     params_file = make_project(tmp_path, source="packaged", ingest__updates_folder="feed")
-    (tmp_path / "feed").mkdir()
     (tmp_path / "feed/solar_sail.md").write_text(
         "# Solar sail\n\nA solar sail propels a spacecraft with the pressure of sunlight.\n",
         encoding="utf-8",
