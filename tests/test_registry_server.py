@@ -107,9 +107,9 @@ def write_round(params_file: Path, marker: str, f1: float, recall: float) -> Non
     for name, folder in params.register_.models.items():
         make_model_folder(project / folder, f"{name}-{marker}")
     systems = {
-        "tuned_rag": {"answer_f1": f1, "exact_match": 0.3, "recall@5": recall, "mrr_at_10": 0.5},
+        "tuned_rag": {"answer_f1": f1, "exact_match": 0.3, "recall@10": recall, "ndcg_at_10": 0.5},
         "closed_book": {"answer_f1": 0.10, "exact_match": 0.05},
-        "base_rag": {"answer_f1": 0.20, "exact_match": 0.1, "recall@5": 0.6, "mrr_at_10": 0.4},
+        "base_rag": {"answer_f1": 0.20, "exact_match": 0.1, "recall@10": 0.6, "ndcg_at_10": 0.4},
     }
     metrics = project / params.register_.metrics_file
     metrics.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,7 @@ def test_register_gate_promote_rollback_round_trip(on_server: MlflowClient, tmp_
     assert json.loads((Path(local) / "config.json").read_text())["marker"] == f"{bundle}-r1"
     # Its run carries the candidate metrics under MLflow-safe names, and the gate's numbers.
     run_metrics = on_server.get_run(on_server.get_model_version(bundle, v1).run_id).data.metrics
-    assert run_metrics["recall_at_5"] == 0.70 and run_metrics["gate.promote"] == 1.0
+    assert run_metrics["recall_at_10"] == 0.70 and run_metrics["gate.promote"] == 1.0
 
     # Round 2: worse on the primary metric -> challenger only, champion kept.
     write_round(params_file, "r2", f1=0.39, recall=0.70)
