@@ -77,15 +77,7 @@ def baseline_systems(
 
 def champion_bundle(params_file: Path, model: str) -> tuple[str, Any] | None:
     """(version, loaded pyfunc) of the registry's champion, or None when there is none yet."""
-    from mlflow.exceptions import MlflowException
-
-    client = registry_client(params_file)
-    try:
-        version = aliases(client, model).get(CHAMPION)
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
+    version = aliases(registry_client(params_file), model).get(CHAMPION)
     if version is None:
         return None
     return version, mlflow.pyfunc.load_model(f"models:/{model}@{CHAMPION}")

@@ -109,7 +109,16 @@ def register_models(
 
 
 def aliases(client: MlflowClient, name: str) -> dict[str, str]:
-    return {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
+    """alias -> version of `name`; empty when the model is not registered yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        held = client.get_registered_model(name).aliases
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
+    return {alias: str(v) for alias, v in held.items()}
 
 
 def champion_history(client: MlflowClient, name: str) -> list[str]:
@@ -192,16 +201,9 @@ class AliasStatus:
 
 def status(client: MlflowClient, names: Iterable[str]) -> list[AliasStatus]:
     """Champion, challenger and previous champion of each registered model, with metrics."""
-    from mlflow.exceptions import MlflowException
-
     rows = []
     for name in names:
-        try:
-            held = aliases(client, name)
-        except MlflowException as err:
-            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-                continue  # not registered yet
-            raise
+        held = aliases(client, name)
         for alias in ALIASES:
             if alias in held:
                 version = held[alias]
