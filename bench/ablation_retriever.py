@@ -14,7 +14,7 @@ row), with a paired bootstrap interval of the difference to the base encoder.
     python bench/ablation_retriever.py [--variants in_batch mined ...] [--keep-models]
 
 Needs the base index and synthesize_queries' output (dvc repro synthesize_queries).
-Takes ~5-8 minutes a variant on 2 busy cores.
+Takes ~8-18 minutes a variant on 2 idle cores (training, then embedding the whole KB).
 """
 
 from __future__ import annotations
@@ -62,32 +62,78 @@ def variants(tune: FinetuneRetrieverParams) -> dict[str, FinetuneRetrieverParams
     }
 
 
-def dense_test_rankings(
-    params_file: Path, params: Params, model_dir: Path | None, questions: list[str]
-) -> list[list[str]]:
-    """Top-10 doc ids by dense search: the base index, or a scratch index of `model_dir`."""
+def dense_rankings(
+    params_file: Path, params: Params, model_dir: Path | None, records: list[QARecord]
+) -> dict[str, list[str]]:
+    """Question id -> top-10 doc ids by dense search: the base index, or a scratch index of
+    `model_dir`."""
     fusion = Fusion.from_params(params.retrieval)
+    questions = [r.question for r in records]
     if model_dir is None:
         retriever = Retriever.load(
             resolve(params_file, params.paths.index_dir), fusion, base=params_file.parent
         )
-        return [[h.id for h in hits] for hits in retriever.search(questions, 10, "dense")]
-    docs = read_docs(resolve(params_file, params.paths.retrieval_docs))
-    model = load_encoder(str(model_dir), params_file.parent)
-    with tempfile.TemporaryDirectory() as scratch, EmbeddingCache(Path(scratch)) as cache:
-        build_index(docs, model, str(model_dir), cache, params.index, Path(scratch) / "index")
-        retriever = Retriever.load(Path(scratch) / "index", fusion, encoder=model)
-        return [[h.id for h in hits] for hits in retriever.search(questions, 10, "dense")]
+        hits = retriever.search(questions, 10, "dense")
+    else:
+        docs = read_docs(resolve(params_file, params.paths.retrieval_docs))
+        model = load_encoder(str(model_dir), params_file.parent)
+        with tempfile.TemporaryDirectory() as scratch, EmbeddingCache(Path(scratch)) as cache:
+            build_index(docs, model, str(model_dir), cache, params.index, Path(scratch) / "index")
+            retriever = Retriever.load(Path(scratch) / "index", fusion, encoder=model)
+            hits = retriever.search(questions, 10, "dense")
+    return {r.id: [h.id for h in found] for r, found in zip(records, hits, strict=True)}
 
 
-def scores_of(records: list[QARecord], ranked: list[list[str]]) -> dict[str, np.ndarray]:
-    return per_query_scores(qrels_from(records), run_from(records, ranked), METRICS)
+def subset_scores(
+    subsets: dict[str, list[QARecord]], ranked: dict[str, list[str]]
+) -> dict[str, dict[str, np.ndarray]]:
+    """subset -> metric -> per-question scores. Each subset is scored on its own (ranx orders
+    scores by question id), so base and variant arrays of a subset pair question by question."""
+    return {
+        name: per_query_scores(
+            qrels_from(records), run_from(records, [ranked[r.id] for r in records]), METRICS
+        )
+        for name, records in subsets.items()
+    }
 
 
 def cell(values: np.ndarray, signed: bool = False) -> str:
     low, high = bootstrap_interval(values, RESAMPLES, CONFIDENCE, SEED)
     form = "+.3f" if signed else ".3f"
     return f"{values.mean():{form}} [{low:{form}}, {high:{form}}]"
+
+
+def columns_of(subsets: dict[str, list[QARecord]]) -> list[str]:
+    return [
+        f"{subset} {metric}{suffix}"
+        for metric in METRICS
+        for subset in subsets
+        for suffix in ("", " - base")
+    ]
+
+
+def table(subsets: dict[str, list[QARecord]], base: dict[str, Any], rows: list[dict]) -> str:
+    columns = columns_of(subsets)
+    base_cells = [
+        "-" if column.endswith(" - base") else cell(base[column.split()[0]][column.split()[1]])
+        for column in columns
+    ]
+    sizes = ", ".join(f"{name} {len(records)}" for name, records in subsets.items())
+    lines = [
+        f"questions: {sizes}; mean [{CONFIDENCE:.0%} bootstrap]; '- base' columns are paired",
+        "",
+        "| variant | pairs (real+syn) | train s | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 3) + "|",
+        "| base | - | - | " + " | ".join(base_cells) + " |",
+    ]
+    for row in rows:
+        pairs = f"{row['pairs']['real']}+{row['pairs']['synthetic']}"
+        lines.append(
+            f"| {row['variant']} | {pairs} | {row['train_seconds']:.0f} | "
+            + " | ".join(row[c] for c in columns)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -101,72 +147,34 @@ def main() -> None:
     params = load_params(args.params)
     splits = read_qa_splits(resolve(args.params, params.paths.retrieval_qa_dir))
     test = splits["test"]
-    unseen = unseen_doc_subset(test, {d for r in splits["train"] for d in r.doc_ids})
-    unseen_rows = [i for i, r in enumerate(test) if r in unseen]
-    questions = [r.question for r in test]
+    subsets = {
+        "test": test,
+        "unseen": unseen_doc_subset(test, {d for r in splits["train"] for d in r.doc_ids}),
+    }
     chosen = variants(params.finetune_retriever)
     names = args.variants or list(chosen)
 
-    base = scores_of(test, dense_test_rankings(args.params, params, None, questions))
+    base = subset_scores(subsets, dense_rankings(args.params, params, None, test))
     rows: list[dict[str, Any]] = []
+    args.work.mkdir(parents=True, exist_ok=True)
     for name in names:
         out = args.work / name
         metrics = finetune(args.params, params, chosen[name], out)
-        ranked = dense_test_rankings(args.params, params, out / MODEL_DIR, questions)
-        tuned = scores_of(test, ranked)
-        row = {
-            "variant": name,
-            "pairs": metrics["pairs"],
-            "train_seconds": metrics["train_seconds"],
-        }
-        for metric in METRICS:
-            gain = tuned[metric] - base[metric]
-            row[metric] = cell(tuned[metric])
-            row[f"{metric} - base"] = cell(gain, signed=True)
-            row[f"unseen {metric}"] = cell(tuned[metric][unseen_rows])
-            row[f"unseen {metric} - base"] = cell(gain[unseen_rows], signed=True)
+        tuned = subset_scores(subsets, dense_rankings(args.params, params, out / MODEL_DIR, test))
+        row = {"variant": name, "pairs": metrics["pairs"]}
+        row |= {"train_seconds": metrics["train_seconds"], "steps": metrics["steps"]}
+        for subset, by_metric in tuned.items():
+            for metric, values in by_metric.items():
+                row[f"{subset} {metric}"] = cell(values)
+                row[f"{subset} {metric} - base"] = cell(values - base[subset][metric], signed=True)
         rows.append(row)
         print(f"ablation: {row}", flush=True)
         if not args.keep_models:
             shutil.rmtree(out / MODEL_DIR)
-
-    columns = [
-        "ndcg@10",
-        "ndcg@10 - base",
-        "unseen ndcg@10",
-        "unseen ndcg@10 - base",
-        "recall@10",
-        "recall@10 - base",
-        "unseen recall@10",
-        "unseen recall@10 - base",
-    ]
-    lines = [
-        f"test: {len(test)} questions, unseen-doc subset {len(unseen)}; mean "
-        f"[{CONFIDENCE:.0%} bootstrap]; '- base' columns are paired",
-        "",
-        "| variant | pairs (real+syn) | train s | " + " | ".join(columns) + " |",
-        "|---" * (len(columns) + 3) + "|",
-        "| base | - | - | "
-        + " | ".join(
-            cell(base[c.split()[-1]][unseen_rows] if c.startswith("unseen") else base[c])
-            if "base" not in c
-            else "-"
-            for c in columns
-        )
-        + " |",
-    ]
-    for row in rows:
-        pairs = f"{row['pairs']['real']}+{row['pairs']['synthetic']}"
-        lines.append(
-            f"| {row['variant']} | {pairs} | {row['train_seconds']:.0f} | "
-            + " | ".join(row[c] for c in columns)
-            + " |"
-        )
-    table = "\n".join(lines) + "\n"
-    args.work.mkdir(parents=True, exist_ok=True)
-    (args.work / "ablation.md").write_text(table, encoding="utf-8")
-    write_json(args.work / "ablation.json", rows)
-    print(table)
+        # written after every variant: a long run interrupted keeps what it measured
+        (args.work / "ablation.md").write_text(table(subsets, base, rows), encoding="utf-8")
+        write_json(args.work / "ablation.json", rows)
+    print(table(subsets, base, rows))
 
 
 if __name__ == "__main__":
