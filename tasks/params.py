@@ -271,6 +271,11 @@ class TuneRetrievalParams(Section):
     metric: str = Field(pattern=r"^[a-z_]+(@\d+)?$")  # a ranx metric name
     rrf_k: list[float] = Field(min_length=1)
     dense_weight: list[float] = Field(min_length=1)  # bm25_weight = 1 - dense_weight
+    # fusion is kept only when its paired-bootstrap dev gain over dense alone excludes zero
+    require_gain: bool = True
+    confidence: float = Field(0.9, gt=0, lt=1)
+    bootstrap_resamples: int = Field(1000, ge=100)
+    seed: int = 0
 
     @model_validator(mode="after")
     def _weights_are_shares(self) -> TuneRetrievalParams:

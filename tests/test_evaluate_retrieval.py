@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from tasks import evaluate_retrieval, index, retrieval_metrics, tune_retrieval
 from tasks.cli import app
+from tasks.params import TuneRetrievalParams
 from tasks.records import QARecord
 from tasks.retrieval_metrics import bootstrap_interval, score_rankings
 from tests.fixtures_retrieval import make_retrieval_project, make_tiny_encoder
@@ -73,6 +74,44 @@ def test_bootstrap_interval() -> None:
     assert bootstrap_interval(values, 2000, 0.95, seed=0) == (low, high)
 
 
+def fusion_case(dense_gold_rank: list[int], bm25_gold_rank: list[int]) -> tune_retrieval.Selection:
+    """Question i's gold doc is row i; the other rows in a ranking are distractors of row 100+."""
+    n = len(dense_gold_rank)
+
+    def ranking(i: int, gold_rank: int) -> list[tuple[int, float]]:
+        rows = [100 + 10 * i + j for j in range(9)]
+        rows.insert(gold_rank - 1, i)
+        return [(row, 1.0 / rank) for rank, row in enumerate(rows, start=1)]
+
+    records = [record(f"q{i:03d}", [f"d{i}"]) for i in range(n)]
+    doc_ids = [f"d{row}" for row in range(100 + 10 * n)]
+    tune = TuneRetrievalParams(
+        split="dev", metric="ndcg@10", rrf_k=[10, 60], dense_weight=[0.5, 0.8, 1.0]
+    )
+    return tune_retrieval.select_fusion(
+        records,
+        doc_ids,
+        [ranking(i, r) for i, r in enumerate(dense_gold_rank)],
+        [ranking(i, r) for i, r in enumerate(bm25_gold_rank)],
+        tune,
+        depth=10,
+    )
+
+
+def test_fusion_is_kept_only_when_its_dev_gain_is_beyond_noise() -> None:
+    # BM25 rescues half the questions dense ranks 5th: a large, consistent gain
+    rescued = fusion_case([5, 1] * 20, [1, 3] * 20)
+    assert rescued.kept and rescued.chosen == rescued.best and rescued.chosen.bm25_weight > 0
+    assert rescued.gain["low"] > 0 and rescued.score > rescued.alone["dense"]
+
+    # one question of 40 rescued: the grid's best still "wins", by noise
+    lucky = fusion_case([5] + [1] * 39, [1] + [3] * 39)
+    assert lucky.best.bm25_weight > 0 and lucky.gain["mean"] > 0 and lucky.gain["low"] <= 0
+    assert not lucky.kept
+    assert (lucky.chosen.dense_weight, lucky.chosen.bm25_weight) == (1.0, 0.0)
+    assert lucky.score == lucky.alone["dense"]
+
+
 def test_index_tune_evaluate_and_search_on_a_tiny_project(tmp_path: Path, capsys) -> None:
     params_file = make_retrieval_project(tmp_path, make_tiny_encoder(tmp_path / "encoders"))
 
@@ -83,8 +122,14 @@ def test_index_tune_evaluate_and_search_on_a_tiny_project(tmp_path: Path, capsys
     tune_retrieval.main(params_file)
     chosen = json.loads((tmp_path / "tune" / "fusion.json").read_text())
     grid = json.loads((tmp_path / "tune" / "grid.json").read_text())
-    assert len(grid) == 6 and chosen["score"] == max(row["ndcg@10"] for row in grid)
-    assert chosen["fusion"]["dense_weight"] + chosen["fusion"]["bm25_weight"] == pytest.approx(1)
+    assert len(grid) == 6
+    assert chosen["best_in_grid"]["fusion"]["dense_weight"] in (0.2, 0.5, 0.8)
+    if chosen["kept_fusion"]:
+        assert chosen["score"] == max(row["ndcg@10"] for row in grid)
+        assert chosen["best_in_grid"]["gain_over_dense"]["low"] > 0
+    else:
+        assert chosen["fusion"]["dense_weight"] == 1 and chosen["fusion"]["bm25_weight"] == 0
+        assert chosen["score"] == chosen["alone"]["dense"]
 
     evaluate_retrieval.main(params_file)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
