@@ -5,13 +5,24 @@ Variants (everything else from params.yaml's `finetune_retriever`):
   mined            + mined hard negatives (negatives.count from params, at least 1)
   mined_synthetic  + synthetic doc-to-query pairs (synthesize_queries' output)
   synthetic_only   synthetic pairs and mined negatives, no real label: a KB without a QA set
+  synthetic_only_in_batch  the same with in-batch negatives only
 
 Each variant is trained with `finetune_retriever.finetune`, its encoder indexes the whole KB,
 and its dense retrieval is scored on the real test questions, whole and on the unseen-doc
 subset (gold docs never a gold doc of the real train split: the same questions for every
 row), with a paired bootstrap interval of the difference to the base encoder.
 
-    python bench/ablation_retriever.py [--variants in_batch mined ...] [--keep-models]
+`--split reference` trains and scores on the issue's reference split instead of ingest's: every
+FanOutQA sub-question row (duplicates kept) grouped by its top-level question, so the same
+sub-question can sit in train and in test. Only the real-label variants run there (synthetic
+queries were sampled away from ingest's dev/test docs, not the reference's).
+
+`--round-trip-k K` keeps only the synthetic questions whose source doc the base retriever ranks
+in the top K (K below synthesize_queries' own `round_trip_k`): a stricter round-trip filter
+without generating again.
+
+    python bench/ablation_retriever.py [--variants in_batch mined ...] [--split reference]
+                                       [--round-trip-k K] [--keep-models]
 
 Needs the base index and synthesize_queries' output (dvc repro synthesize_queries).
 Takes ~8-18 minutes a variant on 2 idle cores (training, then embedding the whole KB).
@@ -20,6 +31,7 @@ Takes ~8-18 minutes a variant on 2 idle cores (training, then embedding the whol
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,16 +39,25 @@ from typing import Any
 
 import numpy as np
 
+from tasks.assets import package_file
 from tasks.compare_retrievers import unseen_doc_subset
 from tasks.embedding_cache import EmbeddingCache
 from tasks.encoder import load_encoder
 from tasks.finetune_retriever import MODEL_DIR, finetune
 from tasks.index import build_index
-from tasks.io import write_json
-from tasks.params import FinetuneRetrieverParams, Params, load_params, resolve
-from tasks.records import QARecord, read_docs, read_qa_splits
+from tasks.ingest import (
+    FANOUT_FILE,
+    FANOUT_PACKAGE,
+    answer_strings,
+    fanout_subquestions,
+    split_by_group,
+)
+from tasks.io import read_text, write_json, write_jsonl
+from tasks.params import FinetuneRetrieverParams, Params, SplitParams, load_params, resolve
+from tasks.records import SPLITS, QARecord, read_docs, read_qa, read_qa_splits
 from tasks.retrieval_metrics import bootstrap_interval, per_query_scores, qrels_from, run_from
 from tasks.retriever import Fusion, Retriever
+from tasks.synthesize_queries import QUERIES_FILE, round_trip_ranks
 
 METRICS = ["ndcg@10", "recall@10"]
 RESAMPLES, CONFIDENCE, SEED = 2000, 0.95, 0
@@ -59,7 +80,68 @@ def variants(tune: FinetuneRetrieverParams) -> dict[str, FinetuneRetrieverParams
         "synthetic_only": tune.model_copy(
             update={"use_real": False, "use_synthetic": True, "negatives": mined}
         ),
+        "synthetic_only_in_batch": tune.model_copy(
+            update={"use_real": False, "use_synthetic": True, "negatives": none}
+        ),
     }
+
+
+def reference_split(doc_ids: set[str]) -> dict[str, list[QARecord]]:
+    """The issue's reference split: one record per (top-level question, sub-question) whose
+    evidence page is in the KB, grouped by the top-level id, 60/20/20 of the shuffled sorted
+    ids with seed 0. Unlike ingest, a sub-question shared by two top-level questions stays
+    twice, possibly once in train and once in test."""
+    questions = json.loads(read_text(package_file(FANOUT_PACKAGE, FANOUT_FILE)))
+    records = [
+        QARecord(
+            id=f"{top['id']}/{sub['id']}",
+            question=sub["question"],
+            answers=answer_strings(sub["answer"]),
+            doc_ids=[sub["evidence"]["title"]],
+            group=top["id"],
+        )
+        for top in questions
+        for sub in fanout_subquestions(top)
+        if (sub.get("evidence") or {}).get("title") in doc_ids
+    ]
+    return split_by_group(records, SplitParams(train=0.6, dev=0.2, seed=0))
+
+
+def on_reference_split(params: Params, params_file: Path, work: Path) -> Params:
+    """Write the reference split under `work` and point the retrieval stages' QA at it."""
+    docs = read_docs(resolve(params_file, params.paths.retrieval_docs))
+    splits = reference_split({d.id for d in docs})
+    qa_dir = (work / "reference_qa").resolve()
+    qa_dir.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        write_jsonl(qa_dir / f"{name}.jsonl", splits[name])
+    train_questions = {r.question for r in splits["train"]}
+    repeated = sum(r.question in train_questions for r in splits["test"])
+    sizes = "/".join(str(len(splits[name])) for name in SPLITS)
+    print(f"ablation: reference split {sizes}; {repeated} test questions also in train verbatim")
+    paths = params.paths.model_copy(update={"retrieval_qa_dir": qa_dir})
+    return params.model_copy(update={"paths": paths})
+
+
+def with_stricter_round_trip(params: Params, params_file: Path, work: Path, k: int) -> Params:
+    """Write the synthetic questions whose source doc is in the base dense top `k` under `work`
+    and point the synthetic queries path at them."""
+    records = read_qa(resolve(params_file, params.paths.synthetic_queries_dir) / QUERIES_FILE)
+    retriever = Retriever.load(
+        resolve(params_file, params.paths.index_dir),
+        Fusion.from_params(params.retrieval),
+        base=params_file.parent,
+    )
+    ranks = round_trip_ranks(
+        retriever, [r.question for r in records], [r.doc_ids[0] for r in records], k
+    )
+    kept = [r for r, rank in zip(records, ranks, strict=True) if rank is not None]
+    folder = (work / f"synthetic_top{k}").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_jsonl(folder / QUERIES_FILE, kept)
+    print(f"ablation: round trip top {k}: {len(kept)} of {len(records)} synthetic questions kept")
+    paths = params.paths.model_copy(update={"synthetic_queries_dir": folder})
+    return params.model_copy(update={"paths": paths})
 
 
 def dense_rankings(
@@ -140,25 +222,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--variants", nargs="+", default=None)
-    parser.add_argument("--work", type=Path, default=Path("data/bench/ablation_retriever"))
+    parser.add_argument("--split", choices=["ingest", "reference"], default="ingest")
+    parser.add_argument("--round-trip-k", type=int, default=None)
+    parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--keep-models", action="store_true")
     args = parser.parse_args()
 
+    strict = f"_top{args.round_trip_k}" if args.round_trip_k else ""
+    work = args.work or Path("data/bench") / f"ablation_retriever_{args.split}{strict}"
     params = load_params(args.params)
+    chosen = variants(params.finetune_retriever)
+    if args.split == "reference":
+        params = on_reference_split(params, args.params, work)
+        chosen = {name: tune for name, tune in chosen.items() if not tune.use_synthetic}
+    if args.round_trip_k:
+        params = with_stricter_round_trip(params, args.params, work, args.round_trip_k)
     splits = read_qa_splits(resolve(args.params, params.paths.retrieval_qa_dir))
     test = splits["test"]
     subsets = {
         "test": test,
         "unseen": unseen_doc_subset(test, {d for r in splits["train"] for d in r.doc_ids}),
     }
-    chosen = variants(params.finetune_retriever)
     names = args.variants or list(chosen)
+    synthetic_file = resolve(args.params, params.paths.synthetic_queries_dir) / QUERIES_FILE
+    if any(chosen[name].use_synthetic for name in names) and not read_text(synthetic_file).strip():
+        raise SystemExit(
+            f"ablation: {synthetic_file} holds no question (synthesize_queries skips when "
+            "finetune_retriever.use_synthetic is false): set it true, dvc repro synthesize_queries"
+        )
 
     base = subset_scores(subsets, dense_rankings(args.params, params, None, test))
     rows: list[dict[str, Any]] = []
-    args.work.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     for name in names:
-        out = args.work / name
+        out = work / name
         metrics = finetune(args.params, params, chosen[name], out)
         tuned = subset_scores(subsets, dense_rankings(args.params, params, out / MODEL_DIR, test))
         row = {"variant": name, "pairs": metrics["pairs"]}
@@ -172,8 +269,8 @@ def main() -> None:
         if not args.keep_models:
             shutil.rmtree(out / MODEL_DIR)
         # written after every variant: a long run interrupted keeps what it measured
-        (args.work / "ablation.md").write_text(table(subsets, base, rows), encoding="utf-8")
-        write_json(args.work / "ablation.json", rows)
+        (work / "ablation.md").write_text(table(subsets, base, rows), encoding="utf-8")
+        write_json(work / "ablation.json", rows)
     print(table(subsets, base, rows))
 
 

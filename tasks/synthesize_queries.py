@@ -14,6 +14,9 @@ for, and the "unseen-doc" test subset would no longer be unseen. Only doc ids ar
 the evaluation questions, and a generated question identical to an evaluation question is
 dropped too.
 
+When `finetune_retriever.use_synthetic` is false nothing would read the questions, so the stage
+writes empty outputs at once instead of spending minutes generating after every KB change.
+
 Outputs in `paths.synthetic_queries_dir`:
   queries.jsonl   kept questions as canonical QA records (doc_ids = [source doc], no answers)
   rejected.jsonl  every dropped question with its reason (and its source doc's rank)
@@ -151,9 +154,26 @@ def filter_questions(
     return kept, rejected
 
 
+def write_outputs(
+    out_dir: Path, kept: list[QARecord], rejected: list[dict[str, Any]], metrics: dict[str, Any]
+) -> None:
+    with atomic_path(out_dir) as out:
+        out.mkdir(parents=True)
+        write_jsonl(out / QUERIES_FILE, kept)
+        write_jsonl(out / "rejected.jsonl", rejected)
+        write_json(out / "metrics.json", metrics)
+
+
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     synth = params.synthesize_queries
+    out_dir = resolve(params_file, params.paths.synthetic_queries_dir)
+    if not params.finetune_retriever.use_synthetic:
+        with stage_run("synthesize_queries", params_file) as run:
+            write_outputs(out_dir, [], [], {"kept": 0, "skipped": "use_synthetic is false"})
+            run.log_metrics({"kept": 0})
+        print("synthesize_queries: skipped (finetune_retriever.use_synthetic is false)")
+        return
     torch.manual_seed(synth.seed)
     torch.set_num_threads(synth.threads or os.cpu_count() or 1)
     docs = read_docs(resolve(params_file, params.paths.retrieval_docs))
@@ -203,11 +223,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         "generation_seconds": round(seconds, 1),
         "seconds_per_question": round(seconds / len(chosen), 3) if chosen else 0.0,
     }
-    with atomic_path(resolve(params_file, params.paths.synthetic_queries_dir)) as out:
-        out.mkdir(parents=True)
-        write_jsonl(out / QUERIES_FILE, kept)
-        write_jsonl(out / "rejected.jsonl", rejected)
-        write_json(out / "metrics.json", metrics)
+    write_outputs(out_dir, kept, rejected, metrics)
     with stage_run("synthesize_queries", params_file) as run:
         run.log_metrics(metrics)
     print(

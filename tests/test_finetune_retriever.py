@@ -63,6 +63,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["paths"] |= {"synthetic_queries_dir": "synthetic", "retriever_dir": "tuned"}
     params["tracking"]["enabled"] = False
     params["finetune_retriever"] |= {
+        "use_synthetic": True,
         "epochs": 2,
         "batch_size": 4,
         "learning_rate": 0.001,

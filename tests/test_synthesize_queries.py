@@ -3,8 +3,13 @@ the round-trip filter (the generator itself is exercised by the stage, not here)
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
+
 from tasks import synthesize_queries as sq
 from tasks.records import Doc, QARecord
+from tests.fixtures_retrieval import repo_params
 
 
 def doc(doc_id: str) -> Doc:
@@ -57,3 +62,25 @@ def test_round_trip_filter_keeps_questions_whose_doc_is_found() -> None:
         "d": "evaluation_question",
         "e": "duplicate",
     }
+
+
+def test_stage_generates_nothing_when_the_retriever_does_not_use_synthetic_queries(
+    tmp_path: Path,
+) -> None:
+    """Off by default: the stage must not load the generator (here it does not exist, so
+    loading it would fail) and leaves empty outputs that finetune_retriever reads as none."""
+    params = repo_params()
+    params["paths"] |= {
+        "synthetic_queries_dir": "synthetic",
+        "generator_base_dir": "no/generator",
+        "retrieval_docs": "no/docs.jsonl",
+    }
+    params["prepare_generator"]["model"] = str(tmp_path / "no/generator")
+    params["tracking"]["enabled"] = False
+    params["finetune_retriever"]["use_synthetic"] = False
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params), encoding="utf-8")
+    sq.main(params_file)
+    out = tmp_path / "synthetic"
+    assert (out / sq.QUERIES_FILE).read_text() == (out / "rejected.jsonl").read_text() == ""
+    assert '"kept": 0' in (out / "metrics.json").read_text()
