@@ -24,6 +24,9 @@ without generating again.
     python bench/ablation_retriever.py [--variants in_batch mined ...] [--split reference]
                                        [--round-trip-k K] [--keep-models]
 
+Rows of earlier calls with the same --split and --round-trip-k are kept (a variant run again
+replaces its row), so variants can be run one call at a time.
+
 Needs the base index and synthesize_queries' output (dvc repro synthesize_queries).
 Takes ~8-18 minutes a variant on 2 idle cores (training, then embedding the whole KB).
 """
@@ -218,6 +221,10 @@ def table(subsets: dict[str, list[QARecord]], base: dict[str, Any], rows: list[d
     return "\n".join(lines) + "\n"
 
 
+def earlier_rows(path: Path) -> list[dict[str, Any]]:
+    return json.loads(read_text(path)) if path.is_file() else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -252,8 +259,10 @@ def main() -> None:
         )
 
     base = subset_scores(subsets, dense_rankings(args.params, params, None, test))
-    rows: list[dict[str, Any]] = []
     work.mkdir(parents=True, exist_ok=True)
+    # rows of earlier runs in this folder stay, so variants can be run one call at a time
+    earlier = work / "ablation.json"
+    rows = [r for r in earlier_rows(earlier) if r["variant"] not in names]
     for name in names:
         out = work / name
         metrics = finetune(args.params, params, chosen[name], out)

@@ -84,7 +84,7 @@ SHRUNK: dict[str, dict[str, Any]] = {
     "tune_retrieval": {"rrf_k": [60], "dense_weight": [0.5, 1.0]},
     "evaluate_retrieval": {"bootstrap_resamples": 100, "curve_depth": 5},
     "synthesize_queries": {"n_docs": 4, "doc_words": 20, "max_new_tokens": 8, "batch_size": 4},
-    # synthetic queries on (the default is off), so the generator's path runs end to end too
+    # synthetic queries on whatever the default, so the generator's path runs end to end too
     "finetune_retriever": {"use_synthetic": True, "epochs": 1, "batch_size": 4, "eval_corpus": 0},
     "compare_retrievers": {"bootstrap_resamples": 100},
     "bundle": {"batch_size": 4},
