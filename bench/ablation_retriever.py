@@ -42,24 +42,24 @@ from typing import Any
 
 import numpy as np
 
-from tasks.assets import package_file
 from tasks.compare_retrievers import unseen_doc_subset
-from tasks.embedding_cache import EmbeddingCache
-from tasks.encoder import load_encoder
 from tasks.finetune_retriever import MODEL_DIR, finetune
-from tasks.index import build_index
-from tasks.ingest import (
+from tasks.ingest import split_by_group
+from tasks.lib.core.assets import package_file
+from tasks.lib.core.config import FinetuneRetrieverParams, Params, SplitParams, load_params
+from tasks.lib.core.io import read_text, write_json, write_jsonl
+from tasks.lib.core.records import SPLITS, QARecord, read_docs, read_qa, read_qa_splits
+from tasks.lib.kb.sources import (
     FANOUT_FILE,
     FANOUT_PACKAGE,
     answer_strings,
     fanout_subquestions,
-    split_by_group,
 )
-from tasks.io import read_text, write_json, write_jsonl
-from tasks.params import FinetuneRetrieverParams, Params, SplitParams, load_params, resolve
-from tasks.records import SPLITS, QARecord, read_docs, read_qa, read_qa_splits
-from tasks.retrieval_metrics import bootstrap_interval, per_query_scores, qrels_from, run_from
-from tasks.retriever import Fusion, Retriever
+from tasks.lib.retrieval.embedding_cache import EmbeddingCache
+from tasks.lib.retrieval.encoder import load_encoder
+from tasks.lib.retrieval.index_store import build_index
+from tasks.lib.retrieval.metrics import bootstrap_interval, per_query_scores, qrels_from, run_from
+from tasks.lib.retrieval.retriever import Fusion, Retriever
 from tasks.synthesize_queries import QUERIES_FILE, round_trip_ranks
 
 METRICS = ["ndcg@10", "recall@10"]
@@ -112,7 +112,7 @@ def reference_split(doc_ids: set[str]) -> dict[str, list[QARecord]]:
 
 def on_reference_split(params: Params, params_file: Path, work: Path) -> Params:
     """Write the reference split under `work` and point the retrieval stages' QA at it."""
-    docs = read_docs(resolve(params_file, params.paths.retrieval_docs))
+    docs = read_docs(params.paths.retrieval_docs)
     splits = reference_split({d.id for d in docs})
     qa_dir = (work / "reference_qa").resolve()
     qa_dir.mkdir(parents=True, exist_ok=True)
@@ -129,11 +129,11 @@ def on_reference_split(params: Params, params_file: Path, work: Path) -> Params:
 def with_stricter_round_trip(params: Params, params_file: Path, work: Path, k: int) -> Params:
     """Write the synthetic questions whose source doc is in the base dense top `k` under `work`
     and point the synthetic queries path at them."""
-    records = read_qa(resolve(params_file, params.paths.synthetic_queries_dir) / QUERIES_FILE)
+    records = read_qa(params.paths.synthetic_queries_dir / QUERIES_FILE)
     retriever = Retriever.load(
-        resolve(params_file, params.paths.index_dir),
+        params.paths.index_dir,
         Fusion.from_params(params.retrieval),
-        base=params_file.parent,
+        base=params.project_dir,
     )
     ranks = round_trip_ranks(
         retriever, [r.question for r in records], [r.doc_ids[0] for r in records], k
@@ -155,13 +155,11 @@ def dense_rankings(
     fusion = Fusion.from_params(params.retrieval)
     questions = [r.question for r in records]
     if model_dir is None:
-        retriever = Retriever.load(
-            resolve(params_file, params.paths.index_dir), fusion, base=params_file.parent
-        )
+        retriever = Retriever.load(params.paths.index_dir, fusion, base=params.project_dir)
         hits = retriever.search(questions, 10, "dense")
     else:
-        docs = read_docs(resolve(params_file, params.paths.retrieval_docs))
-        model = load_encoder(str(model_dir), params_file.parent)
+        docs = read_docs(params.paths.retrieval_docs)
+        model = load_encoder(str(model_dir), params.project_dir)
         with tempfile.TemporaryDirectory() as scratch, EmbeddingCache(Path(scratch)) as cache:
             build_index(docs, model, str(model_dir), cache, params.index, Path(scratch) / "index")
             retriever = Retriever.load(Path(scratch) / "index", fusion, encoder=model)
@@ -244,14 +242,14 @@ def main() -> None:
         chosen = {name: tune for name, tune in chosen.items() if not tune.use_synthetic}
     if args.round_trip_k:
         params = with_stricter_round_trip(params, args.params, work, args.round_trip_k)
-    splits = read_qa_splits(resolve(args.params, params.paths.retrieval_qa_dir))
+    splits = read_qa_splits(params.paths.retrieval_qa_dir)
     test = splits["test"]
     subsets = {
         "test": test,
         "unseen": unseen_doc_subset(test, {d for r in splits["train"] for d in r.doc_ids}),
     }
     names = args.variants or list(chosen)
-    synthetic_file = resolve(args.params, params.paths.synthetic_queries_dir) / QUERIES_FILE
+    synthetic_file = params.paths.synthetic_queries_dir / QUERIES_FILE
     if any(chosen[name].use_synthetic for name in names) and not read_text(synthetic_file).strip():
         raise SystemExit(
             f"ablation: {synthetic_file} holds no question (synthesize_queries skips when "
@@ -265,7 +263,7 @@ def main() -> None:
     rows = [r for r in earlier_rows(earlier) if r["variant"] not in names]
     for name in names:
         out = work / name
-        metrics = finetune(args.params, params, chosen[name], out)
+        metrics = finetune(params, chosen[name], out)
         tuned = subset_scores(subsets, dense_rankings(args.params, params, out / MODEL_DIR, test))
         row = {"variant": name, "pairs": metrics["pairs"]}
         row |= {"train_seconds": metrics["train_seconds"], "steps": metrics["steps"]}

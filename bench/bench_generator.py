@@ -31,20 +31,20 @@ from transformers import (
 )
 
 from tasks.finetune_generator import encode_items, finetune, load_model, with_lora
-from tasks.generation import IGNORE_INDEX, GenerationItem, ensure_pad_token
-from tasks.generator_data import generation_items, read_contexts
-from tasks.params import Params, load_params, resolve
-from tasks.records import read_docs, read_qa
+from tasks.lib.core.config import Params, load_params
+from tasks.lib.core.records import read_docs, read_qa
+from tasks.lib.generation.data import generation_items, read_contexts
+from tasks.lib.generation.generator import IGNORE_INDEX, GenerationItem, ensure_pad_token
 
 
 def bench_items(params: Params, params_file: Path, n: int) -> list[GenerationItem]:
     """The stage's training mix, cut to `n` examples (real questions first, then KB ones)."""
     paths, generator = params.paths, params.generator
-    dedup_dir = resolve(params_file, paths.dedup_dir)
+    dedup_dir = paths.dedup_dir
     docs = {d.id: d for d in read_docs(dedup_dir / "docs.jsonl")}
-    contexts = read_contexts(resolve(params_file, paths.retrieved_contexts))
+    contexts = read_contexts(paths.retrieved_contexts)
     real = [r for r in read_qa(dedup_dir / "qa/train.jsonl") if r.answerable]
-    kb = read_qa(resolve(params_file, paths.kb_questions_dir) / "train.jsonl")
+    kb = read_qa(paths.kb_questions_dir / "train.jsonl")
     items = generation_items(real, "qa", contexts, docs, generator.top_k)
     items += generation_items(kb, "describe", contexts, docs, generator.top_k)
     return items[: n // 2] + items[-(n - n // 2) :]
@@ -95,7 +95,7 @@ def stage_tokens_per_second(
 
 def main(params_file: Path, n_examples: int, rounds: int) -> None:
     params = load_params(params_file)
-    base_dir = resolve(params_file, params.paths.generator_base_dir)
+    base_dir = params.paths.generator_base_dir
     items = bench_items(params, params_file, n_examples)
     tune = params.finetune_generator
     print(

@@ -25,22 +25,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.embedding_cache import EmbeddingCache, embed_with_cache
-from tasks.encoder import encoder_fingerprint, load_encoder
-from tasks.index import passage_text
-from tasks.params import load_params, resolve
-from tasks.records import SPLITS, read_docs, read_qa
-from tasks.retriever import MODES, Retriever, load_fusion
+from tasks.lib.core.config import load_params
+from tasks.lib.core.records import SPLITS, read_docs, read_qa
+from tasks.lib.retrieval.embedding_cache import EmbeddingCache, embed_with_cache
+from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
+from tasks.lib.retrieval.index_store import passage_text
+from tasks.lib.retrieval.retriever import MODES, Retriever, load_fusion
 
 
 def bench_embedding(params_file: Path, n_docs: int, repeats: int) -> None:
     params = load_params(params_file)
     torch.set_num_threads(params.index.threads or torch.get_num_threads())
-    docs = read_docs(resolve(params_file, params.paths.retrieval_docs))
+    docs = read_docs(params.paths.retrieval_docs)
     if 0 < n_docs < len(docs):
         docs = random.Random(0).sample(docs, n_docs)
     texts = [passage_text(doc, params.index.include_title) for doc in docs]
-    model = load_encoder(params.index.encoder, params_file.parent)
+    model = load_encoder(params.index.encoder, params.project_dir)
     fingerprint = encoder_fingerprint(model)
     batch_size = params.index.batch_size
     model.encode(texts[:batch_size], batch_size=batch_size)  # warm-up
@@ -65,11 +65,9 @@ def bench_embedding(params_file: Path, n_docs: int, repeats: int) -> None:
 
 def bench_latency(params_file: Path, k: int, warmup: int) -> None:
     params = load_params(params_file)
-    fusion, source = load_fusion(params, params_file)
-    retriever = Retriever.load(
-        resolve(params_file, params.paths.index_dir), fusion, base=params_file.parent
-    )
-    qa_dir = resolve(params_file, params.paths.retrieval_qa_dir)
+    fusion, source = load_fusion(params)
+    retriever = Retriever.load(params.paths.index_dir, fusion, base=params.project_dir)
+    qa_dir = params.paths.retrieval_qa_dir
     questions = [r.question for s in SPLITS if s != "train" for r in read_qa(qa_dir / f"{s}.jsonl")]
     print(
         f"(b) one query at a time, k={k}, {len(questions)} dev+test questions, "

@@ -13,23 +13,22 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tasks.assets import package_file
-from tasks.ingest import FANOUT_FILE, FANOUT_PACKAGE, WIKI_FILE, WIKI_PACKAGE, kb_files
-from tasks.io import InputError, atomic_path, write_json
-from tasks.params import load_params, resolve
-from tasks.tracking import file_digest
+from tasks.lib.core.assets import package_file
+from tasks.lib.core.config import IngestParams
+from tasks.lib.core.io import InputError, atomic_path, write_json
+from tasks.lib.core.tracking import file_digest
+from tasks.lib.kb.sources import FANOUT_FILE, FANOUT_PACKAGE, WIKI_FILE, WIKI_PACKAGE, kb_files
 
-STATE_FILE = Path(".state") / "kb_fingerprint.json"
+STATE_FILE = Path(".state") / "kb_source_fingerprint.json"
 
 
-def source_files(params_file: Path) -> list[tuple[str, Path]]:
+def source_files(params: IngestParams) -> list[tuple[str, Path]]:
     """(stable name, path) of every file ingest reads, in a deterministic order.
 
     Names are relative, so moving the project folder does not look like a KB change, while
     renaming a KB file (which renames its doc id) does.
     """
-    params = load_params(params_file).ingest
-    updates = resolve(params_file, params.updates_folder)
+    updates = params.updates_folder
     added = kb_files(updates) if updates.is_dir() else []
     named_updates = [(f"updates/{p.relative_to(updates).as_posix()}", p) for p in added]
     if params.source == "packaged":
@@ -38,17 +37,17 @@ def source_files(params_file: Path) -> list[tuple[str, Path]]:
             ("packaged/qa", package_file(FANOUT_PACKAGE, FANOUT_FILE)),
             *named_updates,
         ]
-    folder = resolve(params_file, params.kb_folder)
+    folder = params.kb_folder
     if not folder.is_dir():
         raise InputError(f"{folder}: KB folder not found")
     named = [(f"kb/{p.relative_to(folder).as_posix()}", p) for p in kb_files(folder)]
-    return [*named, ("qa", resolve(params_file, params.qa_file)), *named_updates]
+    return [*named, ("qa", params.qa_file), *named_updates]
 
 
-def source_fingerprint(params_file: Path) -> str:
+def source_fingerprint(params: IngestParams) -> str:
     """sha256 over the names and content hashes of the source files."""
     digest = hashlib.sha256()
-    for name, path in source_files(params_file):
+    for name, path in source_files(params):
         if not path.is_file():
             raise InputError(f"{path}: KB source file not found")
         digest.update(f"{name}\0{file_digest(path)}\n".encode())

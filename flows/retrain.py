@@ -26,8 +26,8 @@ from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
 
 from flows.kb_state import record_trained_fingerprint, source_fingerprint
-from tasks.params import load_params, resolve
-from tasks.tracking import pipeline_run, run_url, tracking_uri
+from tasks.lib.core.config import Params, load_params
+from tasks.lib.core.tracking import pipeline_run, run_url, tracking_uri
 
 GATE_STAGE = "register"
 OUTPUT_TAIL = 40  # lines of a failed stage's output quoted in the error
@@ -100,7 +100,7 @@ def run_dvc_stage(stage: str, project: Path) -> dict[str, Any]:
             logger.info("%s", line)
     output = "\n".join(tail)
     if process.returncode != 0:
-        # `tasks.io.run_stage` reports user-fixable input errors as a line "error: ...".
+        # `tasks.lib.core.io.run_stage` reports user-fixable input errors as a line "error: ...".
         input_error = any(line.startswith("error: ") for line in tail)
         kind = StageInputError if input_error else StageFailed
         raise kind(f"stage {stage!r} failed (exit {process.returncode}):\n{output}")
@@ -108,11 +108,9 @@ def run_dvc_stage(stage: str, project: Path) -> dict[str, Any]:
     return {"stage": stage, "ran": not skipped}
 
 
-def link_prefect_and_mlflow(params_file: Path, experiment_id: str, run_id: str) -> str:
+def link_prefect_and_mlflow(params: Params, experiment_id: str, run_id: str) -> str:
     """Tag the Prefect run with the MLflow run and add a link artifact; return the run URL."""
-    url = run_url(
-        tracking_uri(params_file, load_params(params_file).tracking), experiment_id, run_id
-    )
+    url = run_url(tracking_uri(params), experiment_id, run_id)
     flow_run_id = flow_run.get_id()
     if flow_run_id:
         with get_client(sync_client=True) as client:
@@ -127,12 +125,12 @@ def link_prefect_and_mlflow(params_file: Path, experiment_id: str, run_id: str) 
     return url
 
 
-def gate_report(params_file: Path, outcomes: list[dict[str, Any]]) -> dict[str, Any] | None:
+def gate_report(params: Params, outcomes: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The gate's decision if the register stage ran in this pipeline run, else None."""
     ran = {o["stage"] for o in outcomes if o["ran"]}
     if GATE_STAGE not in ran:
         return None
-    path = resolve(params_file, load_params(params_file).register_.decision_file)
+    path = params.register_.decision_file
     decision = json.loads(path.read_text(encoding="utf-8"))
     lines = [f"**{decision['model']}**: {'promoted' if decision['promote'] else 'kept champion'}"]
     lines += [f"- {reason}" for reason in decision["reasons"]]
@@ -149,10 +147,10 @@ def retrain(params_file: str = "params.yaml") -> dict[str, Any]:
     a served flow is loaded from its file without its imports, so Prefect cannot resolve a
     `Path` annotation when it validates the parameters of a scheduled run.
     """
-    params_path = Path(params_file).resolve()
-    project = params_path.parent
-    settings = load_params(params_path).retrain
-    fingerprint = source_fingerprint(params_path)
+    params = load_params(Path(params_file).resolve())
+    project = params.project_dir
+    settings = params.retrain
+    fingerprint = source_fingerprint(params.ingest)
     stages = pipeline_stages(project)
     print(f"retrain: stages {stages}")
     stage_task = run_dvc_stage.with_options(
@@ -168,16 +166,16 @@ def retrain(params_file: str = "params.yaml") -> dict[str, Any]:
     ui_url = flow_run.get_flow_run_ui_url()  # only a real Prefect server has a UI
     if ui_url and ui_url.startswith("http"):
         prefect_tags["prefect.flow_run_url"] = ui_url
-    with pipeline_run(params_path, f"retrain {flow_run.get_name()}", prefect_tags) as parent:
+    with pipeline_run(params, f"retrain {flow_run.get_name()}", prefect_tags) as parent:
         url = None
         if parent.run_id:
             import mlflow
 
             experiment_id = mlflow.get_run(parent.run_id).info.experiment_id
-            url = link_prefect_and_mlflow(params_path, experiment_id, parent.run_id)
+            url = link_prefect_and_mlflow(params, experiment_id, parent.run_id)
             print(f"retrain: MLflow parent run {parent.run_id} ({url})")
         outcomes = [stage_task(stage, project) for stage in stages]
-        decision = gate_report(params_path, outcomes)
+        decision = gate_report(params, outcomes)
         ran = [o["stage"] for o in outcomes if o["ran"]]
         parent.set_tags(
             {
@@ -196,7 +194,7 @@ def retrain(params_file: str = "params.yaml") -> dict[str, Any]:
         "mlflow_run_id": parent.run_id,
         "mlflow_run_url": url,
         "gate": decision,
-        "kb_fingerprint": fingerprint,
+        "kb_source_fingerprint": fingerprint,
     }
 
 

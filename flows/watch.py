@@ -15,14 +15,16 @@ from prefect import flow
 
 from flows.kb_state import last_trained_fingerprint, source_fingerprint
 from flows.retrain import retrain
+from tasks.lib.core.config import load_params
 
 
 @flow(name="watch-kb", log_prints=True)
 def watch(params_file: str = "params.yaml") -> dict[str, Any]:
     """Start `retrain` as a subflow if and only if the KB fingerprint moved."""
     params_path = Path(params_file).resolve()
-    current = source_fingerprint(params_path)
-    last = last_trained_fingerprint(params_path.parent)
+    params = load_params(params_path)
+    current = source_fingerprint(params.ingest)
+    last = last_trained_fingerprint(params.project_dir)
     if current == last:
         print(f"watch: KB unchanged since the last successful retrain ({current[:12]})")
         return {"changed": False, "fingerprint": current, "retrain": None}

@@ -1,192 +1,33 @@
 """Stage `bundle`: the RAG system as one MLflow pyfunc model, so the registry can serve it.
 
-The bundle carries what only makes sense together: the tuned index (built by one encoder, which
-its manifest fingerprints), the hybrid fusion chosen for that index, and the prompt contract
-(`generator` params). It does *not* copy the encoder or the generator: it names them in
-`components.json`, as local folders here and as registered versions once `register` has pinned
-them (`pin_components`), so a registered bundle is a few MB and always serves with the exact
-retriever and generator versions it was evaluated with. On load it re-checks the encoder's
-fingerprint against the index: a bundle can never pair an index with another encoder.
-
-`predict` takes questions (a list of strings, or a DataFrame with a `question` column) and
-returns, per question, the answer, the cited doc ids (the passages in the prompt) and the wider
-ranking the retriever returned.
+The bundle (`tasks.lib.serving.bundle`) carries the tuned index, the fusion chosen for it and
+the prompt contract, and names the encoder and generator it serves with.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import mlflow
-import pandas as pd
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-
-from tasks.encoder import load_encoder
-from tasks.finetune_generator import load_model
-from tasks.generation import GenerationItem, Passage, generate_answers, item_prompt
-from tasks.io import InputError, atomic_path, read_text, run_stage, write_json
-from tasks.params import BundleParams, GeneratorParams, load_params, resolve
-from tasks.retriever import FUSION_FILE, Fusion, Retriever
-from tasks.tracking import stage_run
-
-COMPONENTS = "components"  # the artifact naming the encoder and generator, and the prompt
-INDEX, FUSION = "index", "fusion"
-
-
-@dataclass
-class RagAnswerer:
-    """Retrieve, build the prompt the generator was trained with, answer greedily."""
-
-    retriever: Retriever
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    generator: GeneratorParams
-    settings: BundleParams
-
-    def answer(self, questions: list[str]) -> list[dict[str, Any]]:
-        depth = max(self.settings.depth, self.generator.top_k)
-        rankings = self.retriever.search(questions, k=depth, mode=self.settings.mode)
-        prompts = [
-            item_prompt(
-                GenerationItem(
-                    id=str(i),
-                    task="qa",
-                    question=question,
-                    answers=(),
-                    passages=tuple(Passage(hit.title, hit.text) for hit in ranked),
-                ),
-                self.tokenizer,
-                self.generator.instructions,
-                self.generator.passage_tokens,
-                self.generator.top_k,
-            )
-            for i, (question, ranked) in enumerate(zip(questions, rankings, strict=True))
-        ]
-        answers = generate_answers(
-            self.model,
-            self.tokenizer,
-            prompts,
-            self.settings.batch_size,
-            self.generator.max_new_tokens,
-        )
-        return [
-            {
-                "question": question,
-                "answer": answer,
-                "sources": [hit.id for hit in ranked[: self.generator.top_k]],
-                "source_titles": [hit.title for hit in ranked[: self.generator.top_k]],
-                "retrieved": [hit.id for hit in ranked],
-            }
-            for question, answer, ranked in zip(questions, answers, rankings, strict=True)
-        ]
-
-
-def component_folder(spec: dict[str, str]) -> Path:
-    """A pinned registry version (downloaded from the store) or, before registration, a folder."""
-    if "version" in spec:
-        uri = f"models:/{spec['model']}/{spec['version']}"
-        return Path(mlflow.artifacts.download_artifacts(uri))
-    folder = Path(spec["path"])
-    if not folder.is_dir():
-        raise InputError(f"bundle: component {spec['model']!r} folder {folder} is missing")
-    return folder
-
-
-def questions_of(model_input: Any) -> list[str]:
-    if isinstance(model_input, pd.DataFrame):
-        if "question" not in model_input.columns:
-            raise InputError("predict: the DataFrame needs a 'question' column")
-        return [str(q) for q in model_input["question"]]
-    if isinstance(model_input, str):
-        return [model_input]
-    return [str(q) for q in model_input]
-
-
-class RagBundle(mlflow.pyfunc.PythonModel):
-    """The pyfunc face of `RagAnswerer`: loads the components `components.json` names."""
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        spec = json.loads(read_text(Path(context.artifacts[COMPONENTS])))
-        encoder = load_encoder(str(component_folder(spec["retriever"])), Path())
-        fusion = Fusion.from_file(Path(context.artifacts[FUSION]))
-        # Raises EncoderMismatchError unless this is the encoder that built the index.
-        retriever = Retriever.load(Path(context.artifacts[INDEX]), fusion, encoder=encoder)
-        generator_dir = component_folder(spec["generator"])
-        self.answerer = RagAnswerer(
-            retriever,
-            load_model(generator_dir).eval(),
-            AutoTokenizer.from_pretrained(generator_dir),
-            GeneratorParams.model_validate(spec["prompt"]),
-            BundleParams.model_validate(spec["serving"]),
-        )
-
-    def predict(
-        self, context: mlflow.pyfunc.PythonModelContext, model_input: list[str], params: Any = None
-    ) -> list[dict[str, str | list[str]]]:
-        return self.answerer.answer(questions_of(model_input))
-
-
-def components_spec(
-    retriever_dir: Path, generator_dir: Path, generator: GeneratorParams, settings: BundleParams
-) -> dict[str, Any]:
-    return {
-        "retriever": {"model": settings.retriever_model, "path": str(retriever_dir.resolve())},
-        "generator": {"model": settings.generator_model, "path": str(generator_dir.resolve())},
-        "prompt": generator.model_dump(mode="json"),
-        "serving": settings.model_dump(mode="json"),
-    }
-
-
-def is_bundle(folder: Path) -> bool:
-    return (folder / "artifacts" / f"{COMPONENTS}.json").is_file()
-
-
-def pin_components(bundle_dir: Path, versions: dict[str, str]) -> None:
-    """Replace the bundle's local component folders by the registry versions just made."""
-    path = bundle_dir / "artifacts" / f"{COMPONENTS}.json"
-    spec = json.loads(read_text(path))
-    for role in ("retriever", "generator"):
-        component = spec[role]
-        if component["model"] not in versions:
-            raise InputError(f"{path}: no registered version of {component['model']!r} to pin")
-        spec[role] = {"model": component["model"], "version": versions[component["model"]]}
-    write_json(path, spec)
-
-
-def save_bundle(
-    out_dir: Path,
-    index_dir: Path,
-    fusion_file: Path,
-    spec: dict[str, Any],
-) -> None:
-    with atomic_path(out_dir) as tmp:
-        staging = tmp.parent / f"{COMPONENTS}.json"
-        write_json(staging, spec)
-        mlflow.pyfunc.save_model(
-            str(tmp),
-            python_model=RagBundle(),
-            artifacts={INDEX: str(index_dir), FUSION: str(fusion_file), COMPONENTS: str(staging)},
-            # Explicit: inferring them would load the whole model in a subprocess.
-            pip_requirements=["ragloop"],
-        )
+from tasks.lib.core.config import load_params
+from tasks.lib.core.io import run_stage
+from tasks.lib.core.tracking import stage_run
+from tasks.lib.retrieval.retriever import FUSION_FILE
+from tasks.lib.serving.bundle import COMPONENTS, components_spec, save_bundle
 
 
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     paths = params.paths
-    index_dir = resolve(params_file, paths.index_tuned_dir)
-    fusion_file = resolve(params_file, paths.tune_retrieval_tuned_dir) / FUSION_FILE
+    index_dir = paths.index_tuned_dir
+    fusion_file = paths.tune_retrieval_tuned_dir / FUSION_FILE
     spec = components_spec(
-        resolve(params_file, paths.retriever_dir) / "model",
-        resolve(params_file, paths.generator_dir) / "model",
+        paths.retriever_dir / "model",
+        paths.generator_dir / "model",
         params.generator,
         params.bundle,
     )
-    out_dir = resolve(params_file, paths.bundle_dir)
-    with stage_run("bundle", params_file) as run:
+    out_dir = paths.bundle_dir
+    with stage_run("bundle", params) as run:
         save_bundle(out_dir, index_dir, fusion_file, spec)
         run.log_artifact(out_dir / "artifacts" / f"{COMPONENTS}.json")
     print(

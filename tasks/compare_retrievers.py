@@ -26,14 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from tasks.evaluate_retrieval import system_rankings
 from tasks.finetune_retriever import POSITIVES_FILE
-from tasks.io import atomic_path, read_text, run_stage, write_json
-from tasks.params import CompareRetrieversParams, load_params, resolve
-from tasks.records import QARecord, read_qa
-from tasks.retrieval_metrics import bootstrap_interval, per_query_scores, qrels_from, run_from
-from tasks.retriever import FUSION_FILE, Fusion, Retriever
-from tasks.tracking import stage_run
+from tasks.lib.core.config import CompareRetrieversParams, load_params
+from tasks.lib.core.io import atomic_path, read_text, run_stage, write_json
+from tasks.lib.core.records import QARecord, read_qa
+from tasks.lib.core.tracking import stage_run
+from tasks.lib.retrieval.metrics import bootstrap_interval, per_query_scores, qrels_from, run_from
+from tasks.lib.retrieval.retriever import FUSION_FILE, Fusion, Retriever, system_rankings
 
 SYSTEMS = ("bm25", "dense_base", "dense_tuned", "hybrid_base", "hybrid_tuned")
 # (system, reference): the paired intervals reported, the first one is the headline
@@ -125,18 +124,18 @@ def main(params_file: Path = Path("params.yaml"), tuned_index: Path | None = Non
     compare = params.compare_retrievers
     paths = params.paths
     base = Retriever.load(
-        resolve(params_file, paths.index_dir),
-        Fusion.from_file(resolve(params_file, paths.tune_retrieval_dir) / FUSION_FILE),
-        base=params_file.parent,
+        paths.index_dir,
+        Fusion.from_file(paths.tune_retrieval_dir / FUSION_FILE),
+        base=params.project_dir,
     )
     tuned = Retriever.load(
-        tuned_index or resolve(params_file, paths.index_tuned_dir),
-        Fusion.from_file(resolve(params_file, paths.tune_retrieval_tuned_dir) / FUSION_FILE),
-        base=params_file.parent,
+        tuned_index or paths.index_tuned_dir,
+        Fusion.from_file(paths.tune_retrieval_tuned_dir / FUSION_FILE),
+        base=params.project_dir,
     )
-    positives_file = resolve(params_file, paths.retriever_dir) / POSITIVES_FILE
+    positives_file = paths.retriever_dir / POSITIVES_FILE
     positives = set(json.loads(read_text(positives_file)))
-    records = read_qa(resolve(params_file, paths.retrieval_qa_dir) / f"{compare.split}.jsonl")
+    records = read_qa(paths.retrieval_qa_dir / f"{compare.split}.jsonl")
     depth = max(int(m.split("@")[1]) for m in compare.metrics if "@" in m)
     rankings = compare_rankings(base, tuned, [r.question for r in records], depth)
 
@@ -160,14 +159,14 @@ def main(params_file: Path = Path("params.yaml"), tuned_index: Path | None = Non
         for name, result in results.items()
     }
     tables = [markdown(n, r, compare.metrics, compare.confidence) for n, r in results.items()]
-    with atomic_path(resolve(params_file, paths.retriever_comparison_dir)) as out:
+    with atomic_path(paths.retriever_comparison_dir) as out:
         out.mkdir(parents=True)
         write_json(out / "metrics.json", metrics)
         write_json(out / "report.json", report)
         (out / "report.md").write_text("\n".join(tables), encoding="utf-8")
-    with stage_run("compare_retrievers", params_file) as run:
+    with stage_run("compare_retrievers", params) as run:
         run.log_metrics(metrics)
-        run.log_artifact(resolve(params_file, paths.retriever_comparison_dir) / "report.md")
+        run.log_artifact(paths.retriever_comparison_dir / "report.md")
     print("\n".join(tables))
 
 

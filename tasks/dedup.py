@@ -17,10 +17,10 @@ from pathlib import Path
 from datasketch import MinHash, MinHashLSH
 from tqdm import tqdm
 
-from tasks.io import atomic_path, run_stage, write_json, write_jsonl
-from tasks.params import DedupParams, load_params, resolve
-from tasks.records import Doc, QARecord, read_docs, read_qa_splits
-from tasks.tracking import stage_run
+from tasks.lib.core.config import DedupParams, load_params
+from tasks.lib.core.io import atomic_path, run_stage, write_json, write_jsonl
+from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
+from tasks.lib.core.tracking import stage_run
 
 _WORD = re.compile(r"\w+")
 
@@ -104,11 +104,11 @@ def remap_qa(records: list[QARecord], kept_id: dict[str, str]) -> tuple[list[QAR
 
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
-    docs = read_docs(resolve(params_file, params.paths.kb_docs))
-    qa_splits = read_qa_splits(resolve(params_file, params.paths.qa_dir))
-    out_dir = resolve(params_file, params.paths.dedup_dir)
+    docs = read_docs(params.paths.kb_docs)
+    qa_splits = read_qa_splits(params.paths.qa_dir)
+    out_dir = params.paths.dedup_dir
 
-    with stage_run("dedup", params_file) as run:
+    with stage_run("dedup", params) as run:
         metrics = deduplicate(docs, qa_splits, params.dedup, out_dir)
         run.log_metrics(metrics)
         run.log_artifact(out_dir / "dropped.jsonl")

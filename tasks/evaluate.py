@@ -22,14 +22,14 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from tasks.generation_metrics import score_prediction
-from tasks.io import atomic_path, jsonl_lines, read_text, run_stage, write_json
-from tasks.params import load_params, resolve
-from tasks.plots import bars_figure
-from tasks.records import Doc, QARecord, read_docs, read_qa
-from tasks.registry import CHAMPION, aliases, registry_client
-from tasks.retrieval_metrics import score_rankings
-from tasks.tracking import metric_key, stage_run
+from tasks.lib.core.config import Params, load_params
+from tasks.lib.core.io import atomic_path, jsonl_lines, read_text, run_stage, write_json
+from tasks.lib.core.plots import bars_figure
+from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa
+from tasks.lib.core.tracking import metric_key, stage_run
+from tasks.lib.generation.metrics import score_prediction
+from tasks.lib.retrieval.metrics import score_rankings
+from tasks.lib.serving.registry import CHAMPION, aliases, registry_client
 
 CANDIDATE = "tuned_rag"
 RETRIEVAL_BASELINES = ("bm25", "dense_base", "hybrid_base", "dense_tuned", "hybrid_tuned")
@@ -75,9 +75,9 @@ def baseline_systems(
     return systems
 
 
-def champion_bundle(params_file: Path, model: str) -> tuple[str, Any] | None:
+def champion_bundle(params: Params, model: str) -> tuple[str, Any] | None:
     """(version, loaded pyfunc) of the registry's champion, or None when there is none yet."""
-    version = aliases(registry_client(params_file), model).get(CHAMPION)
+    version = aliases(registry_client(params), model).get(CHAMPION)
     if version is None:
         return None
     return version, mlflow.pyfunc.load_model(f"models:/{model}@{CHAMPION}")
@@ -99,24 +99,18 @@ def report_markdown(systems: Mapping[str, Mapping[str, float]], n: int, split: s
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     paths, settings = params.paths, params.evaluate
-    dedup_dir = resolve(params_file, paths.dedup_dir)
+    dedup_dir = paths.dedup_dir
     docs = {doc.id: doc for doc in read_docs(dedup_dir / "docs.jsonl")}
     records = read_qa(dedup_dir / "qa" / f"{settings.split}.jsonl")
     questions = [r.question for r in records]
 
-    generation = json.loads(
-        read_text(resolve(params_file, paths.generation_eval_dir) / "metrics.json")
-    )
-    retrieval = json.loads(
-        read_text(resolve(params_file, paths.retriever_comparison_dir) / "metrics.json")
-    )
-    with stage_run("evaluate", params_file) as run:
-        bundles: dict[str, Any] = {
-            CANDIDATE: mlflow.pyfunc.load_model(str(resolve(params_file, paths.bundle_dir)))
-        }
+    generation = json.loads(read_text(paths.generation_eval_dir / "metrics.json"))
+    retrieval = json.loads(read_text(paths.retriever_comparison_dir / "metrics.json"))
+    with stage_run("evaluate", params) as run:
+        bundles: dict[str, Any] = {CANDIDATE: mlflow.pyfunc.load_model(str(paths.bundle_dir))}
         champion = None
         if settings.rescore_champion and params.tracking.enabled:
-            champion = champion_bundle(params_file, params.register_.judged)
+            champion = champion_bundle(params, params.register_.judged)
             if champion is not None:
                 bundles[CHAMPION] = champion[1]
         systems: dict[str, dict[str, float]] = {}
@@ -135,7 +129,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         run.log_metrics(systems)
         if champion is not None:
             run.set_tags({"champion_version": champion[0]})
-        out_dir = resolve(params_file, paths.evaluate_dir)
+        out_dir = paths.evaluate_dir
         with atomic_path(out_dir) as tmp:
             write_json(tmp / "metrics.json", systems)
             (tmp / "predictions.jsonl").write_text(jsonl_lines(predictions), encoding="utf-8")

@@ -3,7 +3,8 @@
 Two evaluation sets, scored separately because their answer styles differ: (a) the real test
 questions (all of them, and the answerable ones: answer in the gold passage), and (b) held-out
 KB description questions whose docs were never used in training. Every system sees the same
-prompt format as training (tasks.generation), greedy decoding, the same top-k passages.
+prompt format as training (`tasks.lib.generation.generator`), greedy decoding, the same
+top-k passages.
 `evaluate_generation` is the reusable core (the `evaluate` stage can call it); `main` is the
 standalone stage.
 """
@@ -17,17 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoTokenizer
-
-from tasks.answers import answer_in_text
-from tasks.finetune_generator import load_model
-from tasks.generation import GenerationItem, generate_answers, item_prompt
-from tasks.generation_metrics import METRICS, paired_bootstrap, score_prediction
-from tasks.generator_data import generation_items, read_contexts
-from tasks.io import atomic_path, jsonl_lines, run_stage, write_json
-from tasks.params import EvaluateGenerationParams, GeneratorParams, load_params, resolve
-from tasks.records import read_docs, read_qa
-from tasks.tracking import stage_run
+from tasks.lib.core.answers import answer_in_text
+from tasks.lib.core.config import EvaluateGenerationParams, GeneratorParams, load_params
+from tasks.lib.core.io import atomic_path, jsonl_lines, run_stage, write_json
+from tasks.lib.core.records import read_docs, read_qa
+from tasks.lib.core.tracking import stage_run
+from tasks.lib.generation.data import generation_items, read_contexts
+from tasks.lib.generation.generator import GenerationItem, generate_answers, item_prompt
+from tasks.lib.generation.loader import load_generator
+from tasks.lib.generation.metrics import METRICS, paired_bootstrap, score_prediction
 
 
 @dataclass(frozen=True)
@@ -49,8 +48,8 @@ def predict(
     predictions: dict[str, dict[str, list[str]]] = {name: {} for name in eval_sets}
     seconds: dict[str, dict[str, float]] = {name: {} for name in eval_sets}
     for system in systems:
-        tokenizer = AutoTokenizer.from_pretrained(system.model_dir)
-        model = load_model(system.model_dir).eval()
+        model, tokenizer = load_generator(system.model_dir)
+        model.eval()
         for set_name, items in eval_sets.items():
             prompts = [
                 item_prompt(
@@ -199,18 +198,18 @@ def samples_markdown(
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     paths, generator = params.paths, params.generator
-    dedup_dir = resolve(params_file, paths.dedup_dir)
+    dedup_dir = paths.dedup_dir
     docs = {doc.id: doc for doc in read_docs(dedup_dir / "docs.jsonl")}
-    contexts = read_contexts(resolve(params_file, paths.retrieved_contexts))
-    kb_heldout = read_qa(resolve(params_file, paths.kb_questions_dir) / "heldout.jsonl")
+    contexts = read_contexts(paths.retrieved_contexts)
+    kb_heldout = read_qa(paths.kb_questions_dir / "heldout.jsonl")
     eval_sets = {
         "real_test": generation_items(
             read_qa(dedup_dir / "qa" / "test.jsonl"), "qa", contexts, docs, generator.top_k
         ),
         "kb_heldout": generation_items(kb_heldout, "describe", contexts, docs, generator.top_k),
     }
-    base = resolve(params_file, paths.generator_base_dir)
-    tuned = resolve(params_file, paths.generator_dir) / "model"
+    base = paths.generator_base_dir
+    tuned = paths.generator_dir / "model"
     systems = [
         GeneratorSystem("closed_book", base, rag=False),
         GeneratorSystem("base_rag", base, rag=True),
@@ -218,7 +217,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     ]
     metrics, rows = evaluate_generation(systems, eval_sets, generator, params.evaluate_generation)
     names = [s.name for s in systems]
-    with atomic_path(resolve(params_file, paths.generation_eval_dir)) as out:
+    with atomic_path(paths.generation_eval_dir) as out:
         write_json(out / "metrics.json", metrics)
         (out / "predictions.jsonl").write_text(jsonl_lines(rows), encoding="utf-8")
         (out / "samples.md").write_text(
@@ -231,9 +230,9 @@ def main(params_file: Path = Path("params.yaml")) -> None:
             ),
             encoding="utf-8",
         )
-    with stage_run("evaluate_generation", params_file) as run:
+    with stage_run("evaluate_generation", params) as run:
         run.log_metrics(metrics)
-        run.log_artifact(resolve(params_file, paths.generation_eval_dir) / "samples.md")
+        run.log_artifact(paths.generation_eval_dir / "samples.md")
     print(metrics_table(metrics, names))
 
 

@@ -16,41 +16,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from tasks.io import atomic_path, run_stage, write_json
-from tasks.params import EvaluateRetrievalParams, load_params, resolve
-from tasks.plots import curve_figure
-from tasks.records import QARecord, read_qa
-from tasks.retrieval_metrics import score_rankings, summarize
-from tasks.retriever import FUSION_FILE, Fusion, Retriever, fuse_rankings
-from tasks.tracking import run_name, stage_run
+from tasks.lib.core.config import EvaluateRetrievalParams, load_params
+from tasks.lib.core.io import atomic_path, run_stage, write_json
+from tasks.lib.core.plots import curve_figure
+from tasks.lib.core.records import QARecord, read_qa
+from tasks.lib.core.tracking import run_name, stage_run
+from tasks.lib.retrieval.metrics import score_rankings, summarize
+from tasks.lib.retrieval.retriever import FUSION_FILE, Fusion, Retriever, system_rankings
 
 SYSTEMS = ("bm25", "dense", "hybrid_equal", "hybrid_tuned")
-
-
-def system_rankings(
-    retriever: Retriever, questions: list[str], depth: int, equal: Fusion, tuned: Fusion
-) -> dict[str, list[list[str]]]:
-    """Ranked doc ids per system; each side is retrieved once, deep enough for both fusions."""
-    deep = max(depth, equal.candidates, tuned.candidates)
-    dense, sparse = retriever.dense(questions, deep), retriever.bm25(questions, deep)
-    ids = [doc["id"] for doc in retriever.docs]
-
-    def top(rankings: list[list[tuple[int, float]]], n: int) -> list[list[str]]:
-        return [[ids[row] for row, _ in ranking[:n]] for ranking in rankings]
-
-    def fused(fusion: Fusion) -> list[list[str]]:
-        cut = [
-            fuse_rankings(d[: fusion.candidates], s[: fusion.candidates], fusion)
-            for d, s in zip(dense, sparse, strict=True)
-        ]
-        return top(cut, depth)
-
-    return {
-        "bm25": top(sparse, depth),
-        "dense": top(dense, depth),
-        "hybrid_equal": fused(equal),
-        "hybrid_tuned": fused(tuned),
-    }
 
 
 def evaluate_split(
@@ -99,11 +73,11 @@ def main(
 ) -> None:
     params = load_params(params_file)
     evaluation = params.evaluate_retrieval
-    tuned_file = fusion_file or resolve(params_file, params.paths.tune_retrieval_dir) / FUSION_FILE
+    tuned_file = fusion_file or params.paths.tune_retrieval_dir / FUSION_FILE
     tuned = Fusion.from_file(tuned_file)
     equal = Fusion(evaluation.equal_rrf_k, 0.5, 0.5, params.retrieval.candidates)
-    index_dir = index if index is not None else resolve(params_file, params.paths.index_dir)
-    retriever = Retriever.load(index_dir, tuned, base=params_file.parent)
+    index_dir = index if index is not None else params.paths.index_dir
+    retriever = Retriever.load(index_dir, tuned, base=params.project_dir)
     indexed = {doc["id"] for doc in retriever.docs}
     depth = max(
         evaluation.curve_depth, *(int(m.split("@")[1]) for m in evaluation.metrics if "@" in m)
@@ -113,7 +87,7 @@ def main(
     report: dict[str, Any] = {"fusion": {"equal": vars(equal), "tuned": vars(tuned)}}
     tables, curves = [], {}
     for split in evaluation.splits:
-        records = read_qa(resolve(params_file, params.paths.retrieval_qa_dir) / f"{split}.jsonl")
+        records = read_qa(params.paths.retrieval_qa_dir / f"{split}.jsonl")
         rankings = system_rankings(retriever, [r.question for r in records], depth, equal, tuned)
         summary, curves[split] = evaluate_split(records, rankings, evaluation)
         missing = sum(not set(r.doc_ids) & indexed for r in records)
@@ -130,8 +104,8 @@ def main(
                 " have no gold doc in the index"
             )
 
-    out_dir = out if out is not None else resolve(params_file, params.paths.retrieval_eval_dir)
-    with stage_run(run_name("evaluate_retrieval", out), params_file) as run:
+    out_dir = out if out is not None else params.paths.retrieval_eval_dir
+    with stage_run(run_name("evaluate_retrieval", out), params) as run:
         run.log_metrics(metrics)
         write_evaluation(out_dir, metrics, report, tables, curves)
         run.log_artifact(out_dir)

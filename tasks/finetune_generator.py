@@ -17,13 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
     DataCollatorForSeq2Seq,
     PreTrainedModel,
     Trainer,
@@ -31,7 +26,13 @@ from transformers import (
     set_seed,
 )
 
-from tasks.generation import (
+from tasks.lib.core.config import FinetuneGeneratorParams, GeneratorParams, load_params
+from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json
+from tasks.lib.core.records import QARecord, read_docs, read_qa
+from tasks.lib.core.tracking import stage_run
+from tasks.lib.core.training_curves import MlflowCurves
+from tasks.lib.generation.data import generation_items, read_contexts
+from tasks.lib.generation.generator import (
     IGNORE_INDEX,
     AnswerOnlyCollator,
     GenerationItem,
@@ -40,21 +41,9 @@ from tasks.generation import (
     is_seq2seq,
     item_prompt,
 )
-from tasks.generator_data import generation_items, read_contexts
-from tasks.io import InputError, atomic_path, run_stage, write_json
-from tasks.params import FinetuneGeneratorParams, GeneratorParams, load_params, resolve
-from tasks.records import QARecord, read_docs, read_qa
-from tasks.tracking import stage_run
-from tasks.training_curves import MlflowCurves
+from tasks.lib.generation.loader import load_generator
 
 NO_ADAPTER = "Full fine-tuning: no LoRA adapter; ../model holds the tuned weights.\n"
-
-
-def load_model(model_dir: Path) -> PreTrainedModel:
-    """fp32 causal or seq2seq model from a folder (CPU training and bf16 autocast want fp32)."""
-    seq2seq = AutoConfig.from_pretrained(model_dir).is_encoder_decoder
-    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-    return auto.from_pretrained(model_dir, dtype=torch.float32)
 
 
 def with_lora(model: PreTrainedModel, params: FinetuneGeneratorParams) -> PeftModel:
@@ -135,9 +124,8 @@ def finetune(
     if not train_items or not dev_items:
         raise InputError("finetune_generator: needs at least one train and one dev example")
     set_seed(params.seed)  # LoRA's initial weights are drawn before the Trainer seeds
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model, tokenizer = load_generator(base_dir)
     ensure_pad_token(tokenizer)
-    model = load_model(base_dir)
     seq2seq = is_seq2seq(model)
     if params.method == "lora":
         model = with_lora(model, params)
@@ -203,10 +191,10 @@ def save_generator(model: Any, tokenizer: Any, out_dir: Path, report: dict[str, 
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     paths, generator, tune = params.paths, params.generator, params.finetune_generator
-    dedup_dir = resolve(params_file, paths.dedup_dir)
-    kb_dir = resolve(params_file, paths.kb_questions_dir)
+    dedup_dir = paths.dedup_dir
+    kb_dir = paths.kb_questions_dir
     docs = {doc.id: doc for doc in read_docs(dedup_dir / "docs.jsonl")}
-    contexts = read_contexts(resolve(params_file, paths.retrieved_contexts))
+    contexts = read_contexts(paths.retrieved_contexts)
 
     def real(split: str, answerable_only: bool) -> list[QARecord]:
         records = read_qa(dedup_dir / "qa" / f"{split}.jsonl")
@@ -223,11 +211,9 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     dev += items(read_qa(kb_dir / "dev.jsonl"), "describe", "retrieved")
 
     start = time.perf_counter()
-    out_dir = resolve(params_file, paths.generator_dir)
-    with stage_run("finetune_generator", params_file) as run:
-        report = finetune(
-            resolve(params_file, paths.generator_base_dir), train, dev, generator, tune, out_dir
-        )
+    out_dir = paths.generator_dir
+    with stage_run("finetune_generator", params) as run:
+        report = finetune(paths.generator_base_dir, train, dev, generator, tune, out_dir)
         run.log_metrics({k: v for k, v in report.items() if k != "train_examples_by_task"})
     print(
         f"finetune_generator: {report['method']} on {report['train_examples']} examples "

@@ -47,21 +47,20 @@ from sentence_transformers.sentence_transformer.losses import (
     MultipleNegativesRankingLoss,
 )
 
-from tasks.encoder import encoder_fingerprint, load_encoder
-from tasks.index import passage_text
-from tasks.io import InputError, atomic_path, read_text, run_stage, write_json
-from tasks.params import (
+from tasks.lib.core.config import (
     FinetuneRetrieverParams,
     HardNegativesParams,
     Params,
     load_params,
-    resolve,
 )
-from tasks.records import QARecord, read_docs, read_qa, read_qa_splits
-from tasks.retriever import Fusion, Retriever
+from tasks.lib.core.io import InputError, atomic_path, read_text, run_stage, write_json
+from tasks.lib.core.records import QARecord, read_docs, read_qa, read_qa_splits
+from tasks.lib.core.tracking import stage_run
+from tasks.lib.core.training_curves import MlflowCurves
+from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
+from tasks.lib.retrieval.index_store import passage_text
+from tasks.lib.retrieval.retriever import Fusion, Retriever
 from tasks.synthesize_queries import QUERIES_FILE
-from tasks.tracking import stage_run
-from tasks.training_curves import MlflowCurves
 
 MODEL_DIR = "model"
 POSITIVES_FILE = "positives.json"
@@ -284,20 +283,18 @@ def dev_scores(evaluator: InformationRetrievalEvaluator, model: SentenceTransfor
     }
 
 
-def finetune(
-    params_file: Path, params: Params, tune: FinetuneRetrieverParams, out_dir: Path
-) -> dict[str, Any]:
+def finetune(params: Params, tune: FinetuneRetrieverParams, out_dir: Path) -> dict[str, Any]:
     """Build the pairs, mine, train and write `out_dir` (model/, train_metrics.json,
     positives.json); returns the metrics. `tune` may differ from params (the ablation)."""
     started = time.perf_counter()
     torch.set_num_threads(tune.threads or os.cpu_count() or 1)
-    docs = read_docs(resolve(params_file, params.paths.retrieval_docs))
-    splits = read_qa_splits(resolve(params_file, params.paths.retrieval_qa_dir))
+    docs = read_docs(params.paths.retrieval_docs)
+    splits = read_qa_splits(params.paths.retrieval_qa_dir)
     passages = {d.id: passage_text(d, params.index.include_title) for d in docs}
-    model = load_encoder(params.index.encoder, params_file.parent)
+    model = load_encoder(params.index.encoder, params.project_dir)
     # Loading the base index with this model checks that it is the encoder that built it.
     base = Retriever.load(
-        resolve(params_file, params.paths.index_dir),
+        params.paths.index_dir,
         Fusion.from_params(params.retrieval),
         encoder=model,
     )
@@ -305,7 +302,7 @@ def finetune(
 
     pairs = training_pairs(splits["train"], set(passages), "real") if tune.use_real else []
     if tune.use_synthetic:
-        synthetic_file = resolve(params_file, params.paths.synthetic_queries_dir) / QUERIES_FILE
+        synthetic_file = params.paths.synthetic_queries_dir / QUERIES_FILE
         # Empty when synthesize_queries kept no question (a weak generator, a small KB).
         synthetic = read_qa(synthetic_file) if read_text(synthetic_file).strip() else []
         pairs += training_pairs(synthetic, set(passages), "synthetic")
@@ -362,9 +359,9 @@ def finetune(
 
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
-    out_dir = resolve(params_file, params.paths.retriever_dir)
-    with stage_run("finetune_retriever", params_file) as run:
-        metrics = finetune(params_file, params, params.finetune_retriever, out_dir)
+    out_dir = params.paths.retriever_dir
+    with stage_run("finetune_retriever", params) as run:
+        metrics = finetune(params, params.finetune_retriever, out_dir)
         run.log_metrics({k: v for k, v in metrics.items() if k != "dev_history"})
 
 

@@ -14,13 +14,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from tasks.answers import answer_in_text
-from tasks.io import InputError, atomic_path, run_stage, write_jsonl
-from tasks.params import KbQuestionsParams, load_params, resolve
-from tasks.records import Doc, QARecord, read_docs, read_qa_splits
-from tasks.tracking import stage_run
-
-KB_SPLITS = ("train", "dev", "heldout")
+from tasks.lib.core.answers import answer_in_text
+from tasks.lib.core.config import KbQuestionsParams, load_params
+from tasks.lib.core.io import InputError, atomic_path, run_stage, write_jsonl
+from tasks.lib.core.records import KB_SPLITS, Doc, QARecord, read_docs, read_qa_splits
+from tasks.lib.core.tracking import stage_run
 
 
 def description_of(doc: Doc) -> str:
@@ -75,7 +73,7 @@ def make_kb_questions(
 
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
-    dedup_dir = resolve(params_file, params.paths.dedup_dir)
+    dedup_dir = params.paths.dedup_dir
     docs = read_docs(dedup_dir / "docs.jsonl")
     real_gold = {
         d
@@ -84,10 +82,10 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         for d in r.doc_ids
     }
     splits = make_kb_questions(docs, params.kb_questions, real_gold)
-    with atomic_path(resolve(params_file, params.paths.kb_questions_dir)) as out:
+    with atomic_path(params.paths.kb_questions_dir) as out:
         for name, records in splits.items():
             write_jsonl(out / f"{name}.jsonl", records)
-    with stage_run("kb_questions", params_file) as run:
+    with stage_run("kb_questions", params) as run:
         run.log_metrics({f"{name}_questions": len(records) for name, records in splits.items()})
     for name, records in splits.items():
         in_text = sum(bool(r.answerable) for r in records)

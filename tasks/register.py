@@ -18,11 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks.bundle import is_bundle, pin_components
-from tasks.io import InputError, atomic_path, read_text, run_stage, write_json
-from tasks.params import Params, load_params, resolve
-from tasks.promotion import Decision, Metrics, promotion_gate
-from tasks.registry import (
+from tasks.lib.core.config import Params, load_params
+from tasks.lib.core.io import InputError, atomic_path, read_text, run_stage, write_json
+from tasks.lib.core.tracking import file_digest, numeric_metrics, stage_run
+from tasks.lib.serving.bundle import is_bundle, pin_components
+from tasks.lib.serving.promotion import Decision, Metrics, promotion_gate
+from tasks.lib.serving.registry import (
     CHAMPION,
     TEST_SPLIT_TAG,
     aliases,
@@ -32,7 +33,6 @@ from tasks.registry import (
     version_metrics,
     version_run_tags,
 )
-from tasks.tracking import file_digest, numeric_metrics, stage_run
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -104,24 +104,24 @@ def judge(
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     reg = params.register_
-    metrics_path = resolve(params_file, reg.metrics_file)
+    metrics_path = reg.metrics_file
     systems = read_system_metrics(metrics_path)
     candidate, baselines = gate_inputs(systems, params, metrics_path)
     rescored = systems.get(RESCORED_CHAMPION)
-    test_file = resolve(params_file, params.paths.dedup_dir) / "qa" / "test.jsonl"
+    test_file = params.paths.dedup_dir / "qa" / "test.jsonl"
     test_split = file_digest(test_file)
-    folders = {name: resolve(params_file, folder) for name, folder in reg.models.items()}
+    folders = {name: folder for name, folder in reg.models.items()}
     for name, folder in folders.items():
         if not folder.is_dir():
             raise InputError(f"{folder}: no model folder for {name!r} (did its stage run?)")
 
-    with stage_run("register", params_file) as run:
+    with stage_run("register", params) as run:
         if run.run_id is None:
             raise InputError("register: the registry lives in MLflow; set tracking.enabled: true")
         run.set_tags({TEST_SPLIT_TAG: test_split})
         run.log_metrics(candidate)
         run.log_metrics(baselines, prefix="baseline.")
-        client = registry_client(params_file)
+        client = registry_client(params)
         pin_into = pin_components if is_bundle(folders[reg.judged]) else None
         versions = register_models(client, run.run_id, folders, reg.judged, pin_into)
         decision = judge(
@@ -137,9 +137,9 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         run.log_metrics(decision.metrics())
         run.set_tags({"gate.decision": "promote" if decision.promote else "keep"})
         report = decision.to_dict() | {"model": reg.judged, "versions": versions}
-        with atomic_path(resolve(params_file, reg.decision_file)) as out:
+        with atomic_path(reg.decision_file) as out:
             write_json(out, report)
-        run.log_artifact(resolve(params_file, reg.decision_file))
+        run.log_artifact(reg.decision_file)
 
     print(f"register: versions {versions} (alias challenger)")
     for reason in decision.reasons:

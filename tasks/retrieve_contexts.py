@@ -11,18 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.io import atomic_path, run_stage, write_jsonl
-from tasks.kb_questions import KB_SPLITS
-from tasks.params import load_params, resolve
-from tasks.records import SPLITS, QARecord, read_qa
-from tasks.retriever import Retriever
-from tasks.tracking import stage_run
+from tasks.lib.core.config import Params, load_params
+from tasks.lib.core.io import atomic_path, run_stage, write_jsonl
+from tasks.lib.core.records import KB_SPLITS, SPLITS, QARecord, read_qa
+from tasks.lib.core.tracking import stage_run
+from tasks.lib.retrieval.retriever import Retriever
 
 
-def question_sets(params_file: Path) -> dict[str, list[QARecord]]:
-    params = load_params(params_file)
-    qa_dir = resolve(params_file, params.paths.dedup_dir) / "qa"
-    kb_dir = resolve(params_file, params.paths.kb_questions_dir)
+def question_sets(params: Params) -> dict[str, list[QARecord]]:
+    qa_dir = params.paths.dedup_dir / "qa"
+    kb_dir = params.paths.kb_questions_dir
     sets = {f"real/{s}": read_qa(qa_dir / f"{s}.jsonl") for s in SPLITS}
     return sets | {f"kb/{s}": read_qa(kb_dir / f"{s}.jsonl") for s in KB_SPLITS}
 
@@ -30,10 +28,10 @@ def question_sets(params_file: Path) -> dict[str, list[QARecord]]:
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     settings = params.retrieve_contexts
-    retriever = Retriever.tuned(params_file)
+    retriever = Retriever.tuned(params)
     rows = []
     recalls: dict[str, float] = {}
-    for name, records in question_sets(params_file).items():
+    for name, records in question_sets(params).items():
         hits = retriever.search([r.question for r in records], k=settings.k, mode=settings.mode)
         found = dict.fromkeys(sorted({1, params.generator.top_k, settings.k}), 0)
         for record, ranked in zip(records, hits, strict=True):
@@ -46,9 +44,9 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         print(
             f"retrieve_contexts: {settings.mode} {name:12s} {len(records):4d} questions, {recall}"
         )
-    with atomic_path(resolve(params_file, params.paths.retrieved_contexts)) as path:
+    with atomic_path(params.paths.retrieved_contexts) as path:
         write_jsonl(path, rows)
-    with stage_run("retrieve_contexts", params_file) as run:
+    with stage_run("retrieve_contexts", params) as run:
         run.log_metrics(recalls)
 
 

@@ -36,13 +36,13 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from tasks.generation import generate_answers, uses_chat_template
-from tasks.io import InputError, atomic_path, run_stage, write_json, write_jsonl
-from tasks.params import SynthesizeQueriesParams, load_params, resolve
-from tasks.prepare_generator import load_generator
-from tasks.records import Doc, QARecord, read_docs, read_qa_splits
-from tasks.retriever import Fusion, Retriever
-from tasks.tracking import stage_run
+from tasks.lib.core.config import SynthesizeQueriesParams, load_params
+from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json, write_jsonl
+from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
+from tasks.lib.core.tracking import stage_run
+from tasks.lib.generation.generator import generate_answers, uses_chat_template
+from tasks.lib.generation.loader import load_generator
+from tasks.lib.retrieval.retriever import Fusion, Retriever
 
 ID_PREFIX = "syn:"
 QUERIES_FILE = "queries.jsonl"
@@ -167,24 +167,24 @@ def write_outputs(
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     synth = params.synthesize_queries
-    out_dir = resolve(params_file, params.paths.synthetic_queries_dir)
+    out_dir = params.paths.synthetic_queries_dir
     if not params.finetune_retriever.use_synthetic:
-        with stage_run("synthesize_queries", params_file) as run:
+        with stage_run("synthesize_queries", params) as run:
             write_outputs(out_dir, [], [], {"kept": 0, "skipped": "use_synthetic is false"})
             run.log_metrics({"kept": 0})
         print("synthesize_queries: skipped (finetune_retriever.use_synthetic is false)")
         return
     torch.manual_seed(synth.seed)
     torch.set_num_threads(synth.threads or os.cpu_count() or 1)
-    docs = read_docs(resolve(params_file, params.paths.retrieval_docs))
-    qa_splits = read_qa_splits(resolve(params_file, params.paths.retrieval_qa_dir))
+    docs = read_docs(params.paths.retrieval_docs)
+    qa_splits = read_qa_splits(params.paths.retrieval_qa_dir)
     excluded = evaluation_gold_docs(qa_splits)
     forbidden = {normalize_question(r.question) for s in EVALUATION_SPLITS for r in qa_splits[s]}
     chosen = sample_docs(docs, excluded, synth.n_docs, synth.seed)
 
-    folder = resolve(params_file, params.paths.generator_base_dir)
+    folder = params.paths.generator_base_dir
     if folder.is_dir():
-        model, tokenizer = load_generator(str(folder))
+        model, tokenizer = load_generator(folder)
     else:  # not prepared yet (a run outside dvc): convert in memory, ~25 s
         print(f"synthesize_queries: {folder} missing, loading {params.prepare_generator.model}")
         model, tokenizer = load_generator(params.prepare_generator.model)
@@ -196,9 +196,9 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     del model
 
     retriever = Retriever.load(
-        resolve(params_file, params.paths.index_dir),
+        params.paths.index_dir,
         Fusion.from_params(params.retrieval),
-        base=params_file.parent,
+        base=params.project_dir,
     )
     missing = {d.id for d in chosen} - {doc["id"] for doc in retriever.docs}
     if missing:
@@ -224,7 +224,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         "seconds_per_question": round(seconds / len(chosen), 3) if chosen else 0.0,
     }
     write_outputs(out_dir, kept, rejected, metrics)
-    with stage_run("synthesize_queries", params_file) as run:
+    with stage_run("synthesize_queries", params) as run:
         run.log_metrics(metrics)
     print(
         f"synthesize_queries: {len(chosen)} docs -> {len(kept)} questions kept "

@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from tasks.io import atomic_path, run_stage, write_json
-from tasks.params import TuneRetrievalParams, load_params, resolve
-from tasks.records import QARecord, read_qa
-from tasks.retrieval_metrics import bootstrap_interval, score_rankings
-from tasks.retriever import FUSION_FILE, Fusion, Ranking, Retriever, fuse_rankings
-from tasks.tracking import run_name, stage_run
+from tasks.lib.core.config import TuneRetrievalParams, load_params
+from tasks.lib.core.io import atomic_path, run_stage, write_json
+from tasks.lib.core.records import QARecord, read_qa
+from tasks.lib.core.tracking import run_name, stage_run
+from tasks.lib.retrieval.metrics import bootstrap_interval, score_rankings
+from tasks.lib.retrieval.retriever import FUSION_FILE, Fusion, Ranking, Retriever, fuse_rankings
 
 GRID_FILE = "grid.json"
 
@@ -135,11 +135,11 @@ def main(
 ) -> None:
     params = load_params(params_file)
     tune = params.tune_retrieval
-    index_dir = index if index is not None else resolve(params_file, params.paths.index_dir)
+    index_dir = index if index is not None else params.paths.index_dir
     retriever = Retriever.load(
-        index_dir, Fusion.from_params(params.retrieval), base=params_file.parent
+        index_dir, Fusion.from_params(params.retrieval), base=params.project_dir
     )
-    records = read_qa(resolve(params_file, params.paths.retrieval_qa_dir) / f"{tune.split}.jsonl")
+    records = read_qa(params.paths.retrieval_qa_dir / f"{tune.split}.jsonl")
     questions = [r.question for r in records]
     doc_ids = [doc["id"] for doc in retriever.docs]
     depth = params.retrieval.candidates
@@ -148,9 +148,9 @@ def main(
     picked = select_fusion(records, doc_ids, dense, sparse, tune, depth)
     rows, best_fusion, gain, kept = picked.rows, picked.best, picked.gain, picked.kept
     fusion, score, alone = vars(picked.chosen), picked.score, picked.alone
-    out_dir = out if out is not None else resolve(params_file, params.paths.tune_retrieval_dir)
+    out_dir = out if out is not None else params.paths.tune_retrieval_dir
     with (
-        stage_run(run_name("tune_retrieval", out), params_file) as run,
+        stage_run(run_name("tune_retrieval", out), params) as run,
         atomic_path(out_dir) as tmp,
     ):
         run.log_metrics({"chosen": fusion, tune.metric: score, "alone": alone, "best_gain": gain})

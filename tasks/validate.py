@@ -26,10 +26,10 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 
-from tasks.io import InputError, atomic_path, run_stage, write_json
-from tasks.params import ValidateParams, load_params, resolve
-from tasks.records import Doc, QARecord, read_docs, read_qa_splits
-from tasks.tracking import stage_run
+from tasks.lib.core.config import ValidateParams, load_params
+from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json
+from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
+from tasks.lib.core.tracking import stage_run
 
 # C0/C1 controls except the whitespace a text legitimately holds, plus U+FFFD, which a decoder
 # writes for bytes it could not read.
@@ -308,11 +308,11 @@ def validate(
 
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
-    docs = read_docs(resolve(params_file, params.paths.kb_docs))
-    splits = read_qa_splits(resolve(params_file, params.paths.qa_dir))
-    out_dir = resolve(params_file, params.paths.validate_dir)
+    docs = read_docs(params.paths.kb_docs)
+    splits = read_qa_splits(params.paths.qa_dir)
+    out_dir = params.paths.validate_dir
 
-    with stage_run("validate", params_file) as run:
+    with stage_run("validate", params) as run:
         with atomic_path(out_dir) as tmp_dir:
             report = validate(docs, splits, params.validate_, tmp_dir / "data_docs")
             write_json(tmp_dir / "summary.json", report.summary())

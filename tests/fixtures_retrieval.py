@@ -18,9 +18,9 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 from transformers import BertConfig, BertModel, BertTokenizer
 
-from tasks.io import write_jsonl
-from tasks.params import IndexParams
-from tasks.records import Doc
+from tasks.lib.core.config import IndexParams
+from tasks.lib.core.io import write_jsonl
+from tasks.lib.core.records import Doc
 
 REPO = Path(__file__).resolve().parent.parent
 HIDDEN = 32

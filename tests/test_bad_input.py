@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tasks import dedup, ingest
-from tasks.io import run_stage
+from tasks.lib.core.io import run_stage
 from tests.projects import make_project
 
 

@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tasks.bundle import components_spec, is_bundle, pin_components, save_bundle
-from tasks.embedding_cache import EmbeddingCache
-from tasks.encoder import load_encoder
-from tasks.index import build_index
-from tasks.io import InputError, write_json
-from tasks.params import BundleParams, GeneratorParams
-from tasks.registry import register_models
-from tasks.retriever import EncoderMismatchError, Fusion, Retriever
+from tasks.lib.core.config import BundleParams, GeneratorParams
+from tasks.lib.core.io import InputError, write_json
+from tasks.lib.retrieval.embedding_cache import EmbeddingCache
+from tasks.lib.retrieval.encoder import load_encoder
+from tasks.lib.retrieval.index_store import build_index
+from tasks.lib.retrieval.retriever import EncoderMismatchError, Fusion, Retriever
+from tasks.lib.serving.bundle import components_spec, is_bundle, pin_components, save_bundle
+from tasks.lib.serving.registry import register_models
 from tests.fixtures_retrieval import make_tiny_encoder, tiny_docs, tiny_index_params
 from tests.tiny_generator import INSTRUCTIONS, make_tiny_generator
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.evaluate import baseline_systems, score_outputs
-from tasks.records import Doc, QARecord
+from tasks.lib.core.records import Doc, QARecord
 
 DOCS = {
     "paris": Doc(id="paris", title="Paris", text="Paris is the capital of France.", source="t"),

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from flows.cli import app
 from tasks import evaluate_retrieval, index, retrieval_metrics, tune_retrieval
-from tasks.cli import app
-from tasks.params import TuneRetrievalParams
-from tasks.records import QARecord
-from tasks.retrieval_metrics import bootstrap_interval, score_rankings
+from tasks.lib.core.config import TuneRetrievalParams
+from tasks.lib.core.records import QARecord
+from tasks.lib.retrieval.metrics import bootstrap_interval, score_rankings
 from tests.fixtures_retrieval import make_retrieval_project, make_tiny_encoder
 
 METRICS = ["recall@1", "recall@5", "precision@5", "mrr@10", "ndcg@10"]

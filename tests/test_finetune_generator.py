@@ -19,18 +19,18 @@ from transformers import (
 
 from tasks.evaluate_generation import GeneratorSystem, evaluate_generation
 from tasks.finetune_generator import finetune
-from tasks.generation import generate_answers, item_prompt
-from tasks.generator_data import generation_items, with_gold
-from tasks.io import InputError
 from tasks.kb_questions import make_kb_questions
-from tasks.params import (
+from tasks.lib.core.config import (
     EvaluateGenerationParams,
     FinetuneGeneratorParams,
     GeneratorParams,
     KbQuestionsParams,
     LoraParams,
 )
-from tasks.records import Doc, QARecord
+from tasks.lib.core.io import InputError
+from tasks.lib.core.records import Doc, QARecord
+from tasks.lib.generation.data import generation_items, with_gold
+from tasks.lib.generation.generator import generate_answers, item_prompt
 from tests.tiny_generator import INSTRUCTIONS, items, make_tiny_generator, tiny_tokenizer
 
 GENERATOR = GeneratorParams(top_k=2, passage_tokens=12, max_new_tokens=6, instructions=INSTRUCTIONS)

@@ -14,12 +14,12 @@ from sentence_transformers import SentenceTransformer
 
 from tasks import compare_retrievers, index, tune_retrieval
 from tasks import finetune_retriever as ft
-from tasks.encoder import encoder_fingerprint, load_encoder
-from tasks.index import passage_text
-from tasks.io import write_jsonl
-from tasks.params import HardNegativesParams, load_params
-from tasks.records import QARecord, read_qa
-from tasks.retriever import Fusion, Retriever
+from tasks.lib.core.config import HardNegativesParams, load_params
+from tasks.lib.core.io import write_jsonl
+from tasks.lib.core.records import QARecord, read_qa
+from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
+from tasks.lib.retrieval.index_store import passage_text
+from tasks.lib.retrieval.retriever import Fusion, Retriever
 from tests.fixtures_retrieval import make_retrieval_project, make_tiny_encoder, tiny_docs
 
 TRAIN = [

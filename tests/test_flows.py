@@ -25,8 +25,8 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.kb_state import STATE_FILE, source_fingerprint
 from flows.retrain import pipeline_stages
 from flows.watch import watch
-from tasks.params import load_params
-from tasks.tracking import PARENT_RUN_ENV, tracking_uri
+from tasks.lib.core.config import load_params
+from tasks.lib.core.tracking import PARENT_RUN_ENV, tracking_uri
 from tests.projects import REPO, make_project
 
 FOUNDATION = ("ingest", "validate", "dedup")
@@ -34,9 +34,10 @@ PROBE = '''"""A stage that exists only in this test project: it logs dedup's met
 import json
 from pathlib import Path
 
-from tasks.tracking import stage_run
+from tasks.lib.core.config import load_params
+from tasks.lib.core.tracking import stage_run
 
-with stage_run("probe", Path("params.yaml")) as run:
+with stage_run("probe", load_params(Path("params.yaml"))) as run:
     run.log_metrics(json.loads(Path("data/dedup/metrics.json").read_text()))
     Path("data/probe.json").write_text(json.dumps({"run_id": run.run_id}))
 '''
@@ -83,7 +84,7 @@ def _local_store(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def mlflow_client(params_file: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri(params_file, load_params(params_file).tracking))
+    return MlflowClient(tracking_uri(load_params(params_file)))
 
 
 def parent_runs(params_file: Path) -> list:
@@ -116,7 +117,7 @@ def test_watch_retrains_a_new_kb_end_to_end_then_rests(project: Path) -> None:
         flow_run = prefect.read_flow_run(UUID(retrain["flow_run_id"]))
     assert f"mlflow-run:{parent.info.run_id}" in flow_run.tags
     state = json.loads((root / STATE_FILE).read_text())
-    assert state["fingerprint"] == source_fingerprint(project)
+    assert state["fingerprint"] == source_fingerprint(load_params(project).ingest)
 
     # Same KB: no retrain flow, no MLflow run, nothing touched.
     lock = (root / "dvc.lock").read_bytes()

@@ -26,9 +26,9 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.retrain import retrain
 from flows.watch import watch
-from tasks.params import load_params
-from tasks.registry import CHALLENGER, CHAMPION, aliases
-from tasks.tracking import PARENT_RUN_ENV, tracking_uri
+from tasks.lib.core.config import load_params
+from tasks.lib.core.tracking import PARENT_RUN_ENV, tracking_uri
+from tasks.lib.serving.registry import CHALLENGER, CHAMPION, aliases
 from tests.fixtures_retrieval import TOPICS, make_tiny_encoder, tiny_qa
 from tests.projects import REPO, make_project, write_jsonl
 from tests.tiny_generator import make_tiny_generator
@@ -153,7 +153,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(project: Path) -> MlflowClient:
-    uri = tracking_uri(project, load_params(project).tracking)
+    uri = tracking_uri(load_params(project))
     mlflow.set_tracking_uri(uri)  # `models:/` URIs resolve against it
     return MlflowClient(uri)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from tasks.cli import app
+from flows.cli import app
 
 
 def test_schedule_without_a_prefect_server_says_how_to_start_one(

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
-from tasks.generation import (
+from tasks.lib.generation.generator import (
     IGNORE_INDEX,
     AnswerOnlyCollator,
     Passage,
@@ -18,7 +18,7 @@ from tasks.generation import (
     item_prompt,
     truncate_to_tokens,
 )
-from tasks.generation_metrics import (
+from tasks.lib.generation.metrics import (
     exact_match,
     paired_bootstrap,
     rouge_l,

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from tasks.embedding_cache import EmbeddingCache
-from tasks.encoder import encoder_fingerprint, load_encoder
-from tasks.index import FAISS_FILE, MANIFEST_FILE, build_index, kb_fingerprint
-from tasks.io import InputError
+from tasks.lib.core.io import InputError
+from tasks.lib.retrieval.embedding_cache import EmbeddingCache
+from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
+from tasks.lib.retrieval.index_store import FAISS_FILE, MANIFEST_FILE, build_index, kb_content_hash
 from tests.fixtures_retrieval import make_tiny_encoder, tiny_docs, tiny_index_params
 
 
@@ -92,16 +92,16 @@ def test_manifest_pins_encoder_and_kb(tmp_path: Path, model, encoders) -> None:
         "dimension": 32,
         "max_seq_length": 64,
     }
-    assert manifest["kb"] == {"doc_count": 24, "fingerprint": kb_fingerprint(tiny_docs())}
+    assert manifest["kb"] == {"doc_count": 24, "fingerprint": kb_content_hash(tiny_docs())}
     assert manifest["faiss"]["type"] == "flat" and manifest["bm25"]["stopwords"] == "en"
 
 
-def test_kb_fingerprint_follows_content_not_order_or_source() -> None:
+def test_kb_content_hash_follows_content_not_order_or_source() -> None:
     docs = tiny_docs()
-    base = kb_fingerprint(docs)
-    assert kb_fingerprint(list(reversed(docs))) == base
-    assert kb_fingerprint([docs[0].model_copy(update={"source": "elsewhere"}), *docs[1:]]) == base
-    assert kb_fingerprint([docs[0].model_copy(update={"text": "changed"}), *docs[1:]]) != base
+    base = kb_content_hash(docs)
+    assert kb_content_hash(list(reversed(docs))) == base
+    assert kb_content_hash([docs[0].model_copy(update={"source": "elsewhere"}), *docs[1:]]) == base
+    assert kb_content_hash([docs[0].model_copy(update={"text": "changed"}), *docs[1:]]) != base
 
 
 def test_encoder_fingerprint_follows_weights_not_location(tmp_path: Path, encoders) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tasks import ingest
-from tasks.io import InputError
-from tasks.params import SplitParams
-from tasks.records import Doc, QARecord, read_docs, read_qa_splits
+from tasks.lib.core.config import SplitParams
+from tasks.lib.core.io import InputError
+from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
 from tests.projects import make_project
 
 

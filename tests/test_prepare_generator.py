@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tasks.generation import build_prompt, generate_answers, truncate_to_tokens
+from tasks.lib.generation.generator import build_prompt, generate_answers, truncate_to_tokens
 from tasks.prepare_generator import prepare_generator
 
 SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"

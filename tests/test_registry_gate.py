@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from tasks.params import GateParams
-from tasks.promotion import promotion_gate
+from tasks.lib.core.config import GateParams
+from tasks.lib.serving.promotion import promotion_gate
 
 RULE = GateParams(
     primary=["answer_f1"],

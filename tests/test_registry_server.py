@@ -18,10 +18,11 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from flows.cli import app
 from tasks import register
-from tasks.cli import app
-from tasks.params import load_params
-from tasks.registry import (
+from tasks.lib.core.config import load_params
+from tasks.lib.core.tracking import PARENT_RUN_ENV, stage_run
+from tasks.lib.serving.registry import (
     CHALLENGER,
     CHAMPION,
     PREVIOUS,
@@ -32,7 +33,6 @@ from tasks.registry import (
     rollback,
     status,
 )
-from tasks.tracking import PARENT_RUN_ENV, stage_run
 from tests.projects import make_project, write_jsonl
 
 SERVER_START_TIMEOUT = 90  # seconds; it answers /health after ~10 s on 2 cores
@@ -123,7 +123,7 @@ def test_stage_run_logs_to_the_server(on_server: MlflowClient, tmp_path: Path) -
     params_file = make_project(tmp_path, tracked=True)
     plot = tmp_path / "curve.png"
     plot.write_bytes(b"\x89PNG\r\n\x1a\n")
-    with stage_run("dedup", params_file) as run:
+    with stage_run("dedup", load_params(params_file)) as run:
         run.log_metrics({"docs_out": 7})
         run.log_artifact(plot, "plots")
     logged = on_server.get_run(run.run_id)
@@ -203,7 +203,7 @@ def test_alias_moved_by_hand_is_kept_in_history(on_server: MlflowClient, tmp_pat
         pass
     folder = tmp_path / "m"
     make_model_folder(folder, "x")
-    from tasks.registry import register_folder
+    from tasks.lib.serving.registry import register_folder
 
     versions = [register_folder(on_server, name, folder, run.info.run_id) for _ in range(3)]
     on_server.set_registered_model_alias(name, CHAMPION, versions[0])  # e.g. in the UI

@@ -9,10 +9,10 @@ import pytest
 import torch
 from ranx import Run, fuse
 
-from tasks.embedding_cache import EmbeddingCache
-from tasks.encoder import encoder_fingerprint, load_encoder
-from tasks.index import build_index
-from tasks.retriever import EncoderMismatchError, Fusion, Hit, Retriever, weighted_rrf
+from tasks.lib.retrieval.embedding_cache import EmbeddingCache
+from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
+from tasks.lib.retrieval.index_store import build_index
+from tasks.lib.retrieval.retriever import EncoderMismatchError, Fusion, Hit, Retriever, weighted_rrf
 from tests.fixtures_retrieval import make_tiny_encoder, tiny_docs, tiny_index_params
 
 FUSION = Fusion(rrf_k=60, dense_weight=0.7, bm25_weight=0.3, candidates=10)

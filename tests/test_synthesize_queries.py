@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from tasks import synthesize_queries as sq
-from tasks.records import Doc, QARecord
+from tasks.lib.core.records import Doc, QARecord
 from tests.fixtures_retrieval import repo_params
 
 

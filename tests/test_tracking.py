@@ -10,12 +10,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tasks.params import load_params
-from tasks.tracking import (
+from tasks.lib.core.config import load_params
+from tasks.lib.core.tracking import (
     PARENT_RUN_ENV,
     flatten,
     git_commit,
-    kb_fingerprint,
+    kb_docs_digest,
     metric_key,
     pipeline_run,
     stage_run,
@@ -41,27 +41,28 @@ def _no_outside_store(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def client_for(params_file: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri(params_file, load_params(params_file).tracking))
+    return MlflowClient(tracking_uri(load_params(params_file)))
 
 
 def test_uri_env_beats_params_beats_project_default(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tracking = load_params(project).tracking
-    assert tracking_uri(project, tracking) == f"sqlite:///{project.parent.resolve()}/mlflow.db"
-    from_params = tracking.model_copy(update={"uri": "sqlite:////elsewhere/m.db"})
-    assert tracking_uri(project, from_params) == "sqlite:////elsewhere/m.db"
+    params = load_params(project)
+    assert tracking_uri(params) == f"sqlite:///{project.parent.resolve()}/mlflow.db"
+    elsewhere = params.tracking.model_copy(update={"uri": "sqlite:////elsewhere/m.db"})
+    from_params = params.model_copy(update={"tracking": elsewhere})
+    assert tracking_uri(from_params) == "sqlite:////elsewhere/m.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    assert tracking_uri(project, from_params) == "http://127.0.0.1:5999"
+    assert tracking_uri(from_params) == "http://127.0.0.1:5999"
 
 
-def test_kb_fingerprint_is_deterministic_and_content_bound(tmp_path: Path) -> None:
+def test_kb_docs_digest_is_deterministic_and_content_bound(tmp_path: Path) -> None:
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     a.write_text('{"id": "1"}\n', "utf-8")
     b.write_text('{"id": "1"}\n', "utf-8")
-    assert kb_fingerprint(a) == kb_fingerprint(b)
+    assert kb_docs_digest(a) == kb_docs_digest(b)
     b.write_text('{"id": "2"}\n', "utf-8")
-    assert kb_fingerprint(a) != kb_fingerprint(b)
+    assert kb_docs_digest(a) != kb_docs_digest(b)
 
 
 def test_git_commit_reads_refs_packed_refs_and_detached_heads(tmp_path: Path) -> None:
@@ -90,7 +91,7 @@ def test_flatten_and_metric_keys() -> None:
 def test_stage_run_alone_logs_params_tags_metrics_artifacts(project: Path) -> None:
     report = project.parent / "report.json"
     report.write_text('{"ok": true}', "utf-8")
-    with stage_run("dedup", project) as run:
+    with stage_run("dedup", load_params(project)) as run:
         run.log_metrics({"docs_in": 9, "nested": {"ratio": 0.5}, "note": "skipped"})
         run.log_artifact(report)
         run.log_artifact(project.parent / "my_kb")
@@ -101,7 +102,7 @@ def test_stage_run_alone_logs_params_tags_metrics_artifacts(project: Path) -> No
     tags = logged.data.tags
     assert tags["stage"] == "dedup" and "mlflow.parentRunId" not in tags
     docs = project.parent / load_params(project).paths.kb_docs
-    assert tags["kb_fingerprint"] == kb_fingerprint(docs)
+    assert tags["kb_docs_sha256"] == kb_docs_digest(docs)
     # Artifacts land beside the store, not in ./mlruns of the working directory.
     assert logged.info.artifact_uri.startswith((project.parent / "mlartifacts").resolve().as_uri())
     names = {a.path for a in client_for(project).list_artifacts(run.run_id)}
@@ -115,7 +116,10 @@ def test_stage_run_nests_under_parent_from_env_and_fails_loudly(project: Path) -
     parent = client.create_run(experiment.experiment_id, run_name="pipeline")
     os.environ[PARENT_RUN_ENV] = parent.info.run_id
     try:
-        with pytest.raises(RuntimeError, match="stage broke"), stage_run("validate", project):
+        with (
+            pytest.raises(RuntimeError, match="stage broke"),
+            stage_run("validate", load_params(project)),
+        ):
             raise RuntimeError("stage broke")
     finally:
         del os.environ[PARENT_RUN_ENV]
@@ -126,9 +130,11 @@ def test_stage_run_nests_under_parent_from_env_and_fails_loudly(project: Path) -
 
 
 def test_pipeline_run_is_parent_of_stage_runs_and_cleans_env(project: Path) -> None:
-    with pipeline_run(project, "retrain test", {"prefect.flow_run_id": "f-1"}) as parent:
+    with pipeline_run(
+        load_params(project), "retrain test", {"prefect.flow_run_id": "f-1"}
+    ) as parent:
         assert os.environ[PARENT_RUN_ENV] == parent.run_id
-        with stage_run("ingest", project) as child:
+        with stage_run("ingest", load_params(project)) as child:
             pass
     assert PARENT_RUN_ENV not in os.environ
     assert mlflow.active_run() is None
@@ -142,7 +148,7 @@ def test_disabled_tracking_creates_no_store(tmp_path: Path) -> None:
     params = yaml.safe_load(params_file.read_text())
     params["tracking"]["enabled"] = False
     params_file.write_text(yaml.safe_dump(params))
-    with stage_run("dedup", params_file) as run:
+    with stage_run("dedup", load_params(params_file)) as run:
         run.log_metrics({"x": 1})
         run.log_artifact(params_file)
     assert run.run_id is None

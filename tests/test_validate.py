@@ -13,9 +13,9 @@ import pytest
 
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
 
-from tasks.io import InputError, run_stage, write_jsonl
-from tasks.params import ValidateParams, load_params
-from tasks.records import Doc, QARecord
+from tasks.lib.core.config import ValidateParams, load_params
+from tasks.lib.core.io import InputError, run_stage, write_jsonl
+from tasks.lib.core.records import Doc, QARecord
 from tasks.validate import control_char_share, main, qa_frame, validate
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"

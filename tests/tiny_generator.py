@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from tasks.generation import GenerationItem, Passage
+from tasks.lib.generation.generator import GenerationItem, Passage
 
 SPECIALS = ["<unk>", "<|im_start|>", "<|im_end|>"]
 CHATML = (

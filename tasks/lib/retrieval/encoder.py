@@ -16,8 +16,8 @@ from pathlib import Path
 
 from sentence_transformers import SentenceTransformer
 
-from tasks.assets import package_file
-from tasks.io import InputError
+from tasks.lib.core.assets import package_file
+from tasks.lib.core.io import InputError
 
 PACKAGED_PREFIX = "packaged:"
 PACKAGED_MODEL_FOLDER = "model"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from tasks.lib.core.config import Params
 
 app = typer.Typer(
     help="ragloop: keep a RAG system fine-tuned as its knowledge base changes.",
@@ -17,16 +21,22 @@ def _root() -> None:
     """ragloop: keep a RAG system fine-tuned as its knowledge base changes."""
 
 
-# --- registry and orchestration (issue 6) -------------------------------------------------
-# mlflow and prefect are imported inside the commands: `ragloop --help` should not pay ~2 s.
+# --- registry and orchestration -------------------------------------------------------------
+# mlflow and prefect are imported inside the commands: `ragloop --help` should not pay for them.
 
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="the project's params.yaml")
 
 
-def _model_or_judged(model: str | None, params_file: Path) -> str:
-    from tasks.params import load_params
+def _load(params_file: Path) -> Params:
+    """The project's params, or a clear error and exit 1."""
+    from tasks.lib.core.config import load_params
+    from tasks.lib.core.io import InputError
 
-    return model or load_params(params_file).register_.judged
+    try:
+        return load_params(params_file)
+    except InputError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
 
 
 @app.command()
@@ -36,12 +46,13 @@ def promote(
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Make a version the champion by hand (the gate is bypassed; the old one stays restorable)."""
-    from tasks.registry import RegistryError, registry_client
-    from tasks.registry import promote as promote_version
+    from tasks.lib.serving.registry import RegistryError, registry_client
+    from tasks.lib.serving.registry import promote as promote_version
 
-    name = _model_or_judged(model, params)
+    settings = _load(params)
+    name = model or settings.register_.judged
     try:
-        replaced = promote_version(registry_client(params), name, version, by="manual")
+        replaced = promote_version(registry_client(settings), name, version, by="manual")
     except RegistryError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
@@ -54,12 +65,13 @@ def rollback(
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Put the previous champion back."""
-    from tasks.registry import RegistryError, registry_client
-    from tasks.registry import rollback as rollback_model
+    from tasks.lib.serving.registry import RegistryError, registry_client
+    from tasks.lib.serving.registry import rollback as rollback_model
 
-    name = _model_or_judged(model, params)
+    settings = _load(params)
+    name = model or settings.register_.judged
     try:
-        retired, restored = rollback_model(registry_client(params), name)
+        retired, restored = rollback_model(registry_client(settings), name)
     except RegistryError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
@@ -69,15 +81,14 @@ def rollback(
 @app.command()
 def status(params: Path = PARAMS_OPTION) -> None:
     """Champion, challenger and previous champion of each registered model, with metrics."""
-    from tasks.params import load_params
-    from tasks.registry import registry_client
-    from tasks.registry import status as registry_status
-    from tasks.tracking import metric_key
+    from tasks.lib.core.tracking import metric_key
+    from tasks.lib.serving.registry import registry_client
+    from tasks.lib.serving.registry import status as registry_status
 
-    settings = load_params(params)
+    settings = _load(params)
     gate = settings.register_.gate
     shown = [metric_key(m) for m in [*gate.primary, *gate.tracked]]
-    rows = registry_status(registry_client(params), settings.register_.models)
+    rows = registry_status(registry_client(settings), settings.register_.models)
     if not rows:
         typer.echo("no registered versions yet: run the pipeline (`dvc repro` or the flow)")
         return
@@ -103,15 +114,14 @@ def ask(
     """Answer a question with the champion RAG bundle from the registry, citing its sources."""
     import mlflow
 
-    from tasks.params import load_params
-    from tasks.registry import registry_client
+    from tasks.lib.serving.registry import registry_client
 
-    settings = load_params(params)
+    settings = _load(params)
     name = settings.register_.judged
     if bundle is not None:
         uri = str(bundle)
     else:
-        registry_client(params)  # points mlflow at the project's store
+        registry_client(settings)  # points mlflow at the project's store
         uri = f"models:/{name}@{alias}"
     try:
         model = mlflow.pyfunc.load_model(uri)
@@ -157,7 +167,7 @@ def schedule(
     )
 
 
-# --- retrieval (issue 3) --------------------------------------------------------------------
+# --- retrieval ------------------------------------------------------------------------------
 
 INDEX_OPTION = typer.Option(None, "--index", help="index folder (default: paths.index_dir)")
 
@@ -174,17 +184,16 @@ def search(
     from rich.console import Console
     from rich.table import Table
 
-    from tasks.io import InputError
-    from tasks.params import load_params, resolve
-    from tasks.retriever import MODES, Retriever, load_fusion
+    from tasks.lib.core.io import InputError
+    from tasks.lib.retrieval.retriever import MODES, Retriever, load_fusion
 
     if mode not in MODES:
         raise typer.BadParameter(f"must be one of {', '.join(MODES)}", param_hint="--mode")
     try:
-        settings = load_params(params)
-        fusion, fusion_source = load_fusion(settings, params)
-        folder = index or resolve(params, settings.paths.index_dir)
-        retriever = Retriever.load(folder, fusion, base=params.parent)
+        settings = _load(params)
+        fusion, fusion_source = load_fusion(settings)
+        folder = index or settings.paths.index_dir
+        retriever = Retriever.load(folder, fusion, base=settings.project_dir)
     except InputError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, StrictStr
 
-from tasks.io import read_jsonl
+from tasks.lib.core.io import read_jsonl
 
 SPLITS = ("train", "dev", "test")
+KB_SPLITS = ("train", "dev", "heldout")  # kb_questions, split by doc
 
 
 class Doc(BaseModel):

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.params import Params, TrackingParams, load_params, resolve
+from tasks.lib.core.config import Params
 
 PARENT_RUN_ENV = "RAGLOOP_PARENT_RUN_ID"
 SERVER_SCHEMES = ("http://", "https://", "databricks")
 
 
-def tracking_uri(params_file: Path, params: TrackingParams) -> str:
+def tracking_uri(params: Params) -> str:
     """`MLFLOW_TRACKING_URI` > `tracking.uri` > sqlite `mlflow.db` in the project folder.
 
     The default is absolute so a stage, the flow, `mlflow ui` and the registry commands all
@@ -34,12 +34,12 @@ def tracking_uri(params_file: Path, params: TrackingParams) -> str:
     from_env = os.environ.get("MLFLOW_TRACKING_URI")
     if from_env:
         return from_env
-    if params.uri:
-        return params.uri
-    return f"sqlite:///{(params_file.parent / 'mlflow.db').resolve()}"
+    if params.tracking.uri:
+        return params.tracking.uri
+    return f"sqlite:///{(params.project_dir / 'mlflow.db').resolve()}"
 
 
-def artifact_location(params_file: Path, params: TrackingParams, uri: str) -> str | None:
+def artifact_location(params: Params, uri: str) -> str | None:
     """Where a local store keeps artifacts; None for a server, which decides that itself.
 
     Without this, MLflow puts a sqlite store's artifacts in `./mlruns` of whatever folder the
@@ -47,26 +47,25 @@ def artifact_location(params_file: Path, params: TrackingParams, uri: str) -> st
     """
     if uri.startswith(SERVER_SCHEMES):
         return None
-    return resolve(params_file, params.artifacts_dir).resolve().as_uri()
+    return params.tracking.artifacts_dir.resolve().as_uri()
 
 
-def ensure_experiment(params_file: Path, params: TrackingParams) -> str:
+def ensure_experiment(params: Params) -> str:
     """Point mlflow at the project's store and return the experiment id, creating it once."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = tracking_uri(params_file, params)
+    uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(params.experiment)
+    name = params.tracking.experiment
+    experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return mlflow.create_experiment(
-            params.experiment, artifact_location=artifact_location(params_file, params, uri)
-        )
+        return mlflow.create_experiment(name, artifact_location=artifact_location(params, uri))
     except MlflowException:
         # Another process created it between our lookup and our create.
-        experiment = mlflow.get_experiment_by_name(params.experiment)
+        experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
             raise
         return experiment.experiment_id
@@ -81,7 +80,7 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def kb_fingerprint(docs_path: Path) -> str:
+def kb_docs_digest(docs_path: Path) -> str:
     """Fingerprint of the canonical docs file: ingest writes it sorted, so equal KB, equal hash."""
     return file_digest(docs_path)
 
@@ -118,9 +117,9 @@ def git_commit(start: Path) -> str | None:
     return None
 
 
-def run_tags(params_file: Path, params: Params) -> dict[str, str]:
+def run_tags(params: Params) -> dict[str, str]:
     """What identifies the inputs of a run: code (git), pipeline state (dvc.lock), and the KB."""
-    project = params_file.parent
+    project = params.project_dir
     tags = {}
     commit = git_commit(project)
     if commit:
@@ -129,9 +128,9 @@ def run_tags(params_file: Path, params: Params) -> dict[str, str]:
     lock = project / "dvc.lock"
     if lock.is_file():
         tags["dvc_lock_hash"] = file_digest(lock)
-    docs = resolve(params_file, params.paths.kb_docs)
+    docs = params.paths.kb_docs
     if docs.is_file():
-        tags["kb_fingerprint"] = kb_fingerprint(docs)
+        tags["kb_docs_sha256"] = kb_docs_digest(docs)
     return tags
 
 
@@ -213,7 +212,7 @@ def run_name(stage: str, out: Path | None) -> str:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params_file: Path = Path("params.yaml")) -> Iterator[StageRun]:
+def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
     """The MLflow run of `stage`: nested under the pipeline's parent run when there is one.
 
     Parent, in order: the run active in this process (a stage called from the flow itself),
@@ -222,18 +221,17 @@ def stage_run(stage: str, params_file: Path = Path("params.yaml")) -> Iterator[S
     tagged on exit, so it names the KB the stage produced or read. An exception marks the run
     FAILED and propagates.
     """
-    params = load_params(params_file)
     if not params.tracking.enabled:
         yield StageRun(None)
         return
     import mlflow
 
-    experiment_id = ensure_experiment(params_file, params.tracking)
+    experiment_id = ensure_experiment(params)
     active = mlflow.active_run()
     parent_id = None if active else os.environ.get(PARENT_RUN_ENV) or None
     if parent_id:
         experiment_id = mlflow.get_run(parent_id).info.experiment_id
-    tags = {"stage": stage} | run_tags(params_file, params)
+    tags = {"stage": stage} | run_tags(params)
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=stage,
@@ -248,28 +246,27 @@ def stage_run(stage: str, params_file: Path = Path("params.yaml")) -> Iterator[S
         try:
             yield StageRun(run.info.run_id)
         finally:
-            docs = resolve(params_file, params.paths.kb_docs)
+            docs = params.paths.kb_docs
             if docs.is_file():
-                mlflow.set_tag("kb_fingerprint", kb_fingerprint(docs))
+                mlflow.set_tag("kb_docs_sha256", kb_docs_digest(docs))
 
 
 @contextlib.contextmanager
 def pipeline_run(
-    params_file: Path, run_name: str, tags: Mapping[str, str] | None = None
+    params: Params, run_name: str, tags: Mapping[str, str] | None = None
 ) -> Iterator[StageRun]:
     """The parent run of a pipeline run; stage subprocesses started inside it nest under it.
 
     The id goes into this process's environment, which the `dvc repro` subprocesses inherit,
     and is removed on exit so a later stage run alone does not nest under a finished run.
     """
-    params = load_params(params_file)
     if not params.tracking.enabled:
         yield StageRun(None)
         return
     import mlflow
 
-    experiment_id = ensure_experiment(params_file, params.tracking)
-    all_tags = {"stage": "pipeline"} | run_tags(params_file, params) | dict(tags or {})
+    experiment_id = ensure_experiment(params)
+    all_tags = {"stage": "pipeline"} | run_tags(params) | dict(tags or {})
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags) as run:
         previous = os.environ.get(PARENT_RUN_ENV)
         os.environ[PARENT_RUN_ENV] = run.info.run_id
@@ -280,7 +277,7 @@ def pipeline_run(
                 os.environ.pop(PARENT_RUN_ENV, None)
             else:
                 os.environ[PARENT_RUN_ENV] = previous
-            lock = params_file.parent / "dvc.lock"
+            lock = params.project_dir / "dvc.lock"
             if lock.is_file():  # the pipeline's end state, after the stages updated it
                 mlflow.set_tag("dvc_lock_hash", file_digest(lock))
 

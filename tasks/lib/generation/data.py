@@ -14,9 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, StrictStr
 
-from tasks.generation import GenerationItem, Passage
-from tasks.io import InputError, read_jsonl
-from tasks.records import Doc, QARecord
+from tasks.lib.core.io import InputError, read_jsonl
+from tasks.lib.core.records import Doc, QARecord
+from tasks.lib.generation.generator import GenerationItem, Passage
 
 
 class RetrievedContext(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from tasks.io import InputError
+from tasks.lib.core.io import InputError
 
 
 def package_file(package: str, relative: str) -> Path:

@@ -1,7 +1,7 @@
 """The retriever every later stage and the CLI use: dense, BM25 or hybrid search over an index
 folder written by the `index` stage.
 
-    retriever = Retriever.from_params(Path("params.yaml"))
+    retriever = Retriever.from_params(load_params(Path("params.yaml")))
     hits = retriever.search("Who painted the Mona Lisa?", k=5, mode="hybrid")
 
 Hybrid search is weighted reciprocal rank fusion: each side retrieves `candidates` docs, and a
@@ -29,8 +29,10 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
-from tasks.encoder import encoder_fingerprint, load_encoder
-from tasks.index import (
+from tasks.lib.core.config import FaissParams, Params, RetrievalParams
+from tasks.lib.core.io import InputError, read_text
+from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
+from tasks.lib.retrieval.index_store import (
     BM25_DIR,
     DOCS_FILE,
     FAISS_FILE,
@@ -38,8 +40,6 @@ from tasks.index import (
     apply_search_params,
     bm25_tokenize,
 )
-from tasks.io import InputError, read_text
-from tasks.params import FaissParams, Params, RetrievalParams, load_params, resolve
 
 Mode = Literal["dense", "bm25", "hybrid"]
 MODES: tuple[Mode, ...] = ("dense", "bm25", "hybrid")
@@ -117,9 +117,9 @@ def one_thread(active: bool = True) -> Iterator[None]:
         faiss.omp_set_num_threads(faiss_threads)
 
 
-def load_fusion(params: Params, params_file: Path) -> tuple[Fusion, str]:
+def load_fusion(params: Params) -> tuple[Fusion, str]:
     """tune_retrieval's choice when it exists, else the `retrieval` defaults; and which it was."""
-    tuned = resolve(params_file, params.paths.tune_retrieval_dir) / FUSION_FILE
+    tuned = params.paths.tune_retrieval_dir / FUSION_FILE
     if tuned.exists():
         return Fusion.from_file(tuned), str(tuned)
     return Fusion.from_params(params.retrieval), "params.yaml retrieval (untuned)"
@@ -179,24 +179,18 @@ class Retriever:
         return cls(model, dense_index, bm25_index, docs, manifest, fusion)
 
     @classmethod
-    def from_params(
-        cls, params_file: Path = Path("params.yaml"), index_dir: Path | None = None
-    ) -> Retriever:
+    def from_params(cls, params: Params, index_dir: Path | None = None) -> Retriever:
         """The project's retriever: `paths.index_dir` (or `index_dir`), tuned fusion if any."""
-        params = load_params(params_file)
-        fusion, _ = load_fusion(params, params_file)
-        folder = (
-            index_dir if index_dir is not None else resolve(params_file, params.paths.index_dir)
-        )
-        return cls.load(folder, fusion, base=params_file.parent)
+        fusion, _ = load_fusion(params)
+        folder = index_dir if index_dir is not None else params.paths.index_dir
+        return cls.load(folder, fusion, base=params.project_dir)
 
     @classmethod
-    def tuned(cls, params_file: Path = Path("params.yaml")) -> Retriever:
+    def tuned(cls, params: Params) -> Retriever:
         """The RAG system's retriever: the tuned encoder's index with the fusion re-tuned for it."""
-        paths = load_params(params_file).paths
-        fusion_file = resolve(params_file, paths.tune_retrieval_tuned_dir) / FUSION_FILE
-        index_dir = resolve(params_file, paths.index_tuned_dir)
-        return cls.load(index_dir, Fusion.from_file(fusion_file), base=params_file.parent)
+        fusion_file = params.paths.tune_retrieval_tuned_dir / FUSION_FILE
+        fusion = Fusion.from_file(fusion_file)
+        return cls.load(params.paths.index_tuned_dir, fusion, base=params.project_dir)
 
     def dense(self, queries: list[str], depth: int) -> list[Ranking]:
         """Top `depth` rows by cosine similarity to each query (query embedding included)."""
@@ -271,3 +265,29 @@ def fuse_rankings(dense: Ranking, sparse: Ranking, fusion: Fusion) -> Ranking:
         [fusion.dense_weight, fusion.bm25_weight],
         fusion.rrf_k,
     )
+
+
+def system_rankings(
+    retriever: Retriever, questions: list[str], depth: int, equal: Fusion, tuned: Fusion
+) -> dict[str, list[list[str]]]:
+    """Ranked doc ids per system; each side is retrieved once, deep enough for both fusions."""
+    deep = max(depth, equal.candidates, tuned.candidates)
+    dense, sparse = retriever.dense(questions, deep), retriever.bm25(questions, deep)
+    ids = [doc["id"] for doc in retriever.docs]
+
+    def top(rankings: list[list[tuple[int, float]]], n: int) -> list[list[str]]:
+        return [[ids[row] for row, _ in ranking[:n]] for ranking in rankings]
+
+    def fused(fusion: Fusion) -> list[list[str]]:
+        cut = [
+            fuse_rankings(d[: fusion.candidates], s[: fusion.candidates], fusion)
+            for d, s in zip(dense, sparse, strict=True)
+        ]
+        return top(cut, depth)
+
+    return {
+        "bm25": top(sparse, depth),
+        "dense": top(dense, depth),
+        "hybrid_equal": fused(equal),
+        "hybrid_tuned": fused(tuned),
+    }

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 from ranx import Qrels, Run, evaluate
 
-from tasks.records import QARecord
+from tasks.lib.core.records import QARecord
 
 
 def qrels_from(records: Sequence[QARecord]) -> Qrels:

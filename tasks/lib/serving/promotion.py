@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from tasks.params import GateParams
+from tasks.lib.core.config import GateParams
 
 Metrics = Mapping[str, float]
 

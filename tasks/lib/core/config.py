@@ -2,23 +2,51 @@
 
 Every knob lives in `params.yaml`; code reads it only through `load_params`, so a default is
 never written twice and an unknown key or an out-of-range value fails before any work starts.
+The loader also resolves every path against the project folder (the one holding the params
+file), so the library receives absolute paths and never needs to know where the file was.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from tasks.io import InputError
+from tasks.lib.core.io import InputError
+
+PROJECT_DIR = "project_dir"  # the validation context key: the folder holding params.yaml
 
 
 class Section(BaseModel):
     """A params section: unknown keys are errors (a typo must not silently become a default)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _project_relative(cls, value: Any, info: ValidationInfo) -> Any:
+        """A relative path in params means relative to the project folder, wherever we run."""
+        project = (info.context or {}).get(PROJECT_DIR)
+        if project is None:
+            return value
+        if isinstance(value, dict):
+            return {key: _under(project, item) for key, item in value.items()}
+        return _under(project, value)
+
+
+def _under(project: Path, value: Any) -> Any:
+    return project / value if isinstance(value, Path) and not value.is_absolute() else value
 
 
 class PathsParams(Section):
@@ -392,6 +420,17 @@ class Params(Section):
     bundle: BundleParams
     evaluate: EvaluateParams
 
+    _project_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    def model_post_init(self, context: Any) -> None:
+        if context and PROJECT_DIR in context:
+            self._project_dir = context[PROJECT_DIR]
+
+    @property
+    def project_dir(self) -> Path:
+        """The folder holding `params.yaml`, where the MLflow store and `dvc.lock` live."""
+        return self._project_dir
+
 
 def load_params(path: Path = Path("params.yaml")) -> Params:
     """Read and check `params.yaml`; errors name the file and the dotted key."""
@@ -404,15 +443,10 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(raw, context={PROJECT_DIR: path.resolve().parent})
     except ValidationError as err:
         problems = []
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "(top level)"
             problems.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
         raise InputError(f"{path}: invalid params\n" + "\n".join(problems)) from err
-
-
-def resolve(params_file: Path, relative: Path) -> Path:
-    """Paths in params are relative to the project folder that holds `params.yaml`."""
-    return relative if relative.is_absolute() else params_file.parent / relative

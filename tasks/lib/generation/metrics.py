@@ -17,7 +17,7 @@ from functools import cache
 import numpy as np
 from rouge_score import rouge_scorer
 
-from tasks.answers import answer_in_text, normalize_answer
+from tasks.lib.core.answers import answer_in_text, normalize_answer
 
 METRICS = ("exact_match", "answer_f1", "rouge_l", "supported")
 

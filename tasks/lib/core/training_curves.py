@@ -28,7 +28,7 @@ class MlflowCurves(TrainerCallback):
         mlflow = sys.modules.get("mlflow")  # not imported: tracking is off, nothing is active
         if mlflow is None or mlflow.active_run() is None or not logs:
             return
-        from tasks.tracking import numeric_metrics
+        from tasks.lib.core.tracking import numeric_metrics
 
         curves = {k: v for k, v in logs.items() if isinstance(v, int | float)}
         mlflow.log_metrics(numeric_metrics(curves, "train."), step=state.global_step)

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks.params import load_params
-from tasks.tracking import ensure_experiment, tracking_uri
+from tasks.lib.core.config import Params
+from tasks.lib.core.tracking import ensure_experiment, tracking_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -37,13 +37,12 @@ class RegistryError(Exception):
     """A registry request that cannot be carried out as asked (the message says why)."""
 
 
-def registry_client(params_file: Path) -> MlflowClient:
+def registry_client(params: Params) -> MlflowClient:
     """A client on the project's store (env > params > local sqlite), experiment created."""
     from mlflow import MlflowClient
 
-    params = load_params(params_file)
-    ensure_experiment(params_file, params.tracking)
-    return MlflowClient(tracking_uri(params_file, params.tracking))
+    ensure_experiment(params)
+    return MlflowClient(tracking_uri(params))
 
 
 def ensure_registered_model(client: MlflowClient, name: str) -> None:

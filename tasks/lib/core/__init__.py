@@ -1,0 +1,1 @@
+"""The core every stage uses: config, io, records, tracking, stats, report, plots."""

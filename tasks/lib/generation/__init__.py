@@ -1,0 +1,1 @@
+"""The generator: loading, prompts and generation, training examples, answer metrics."""

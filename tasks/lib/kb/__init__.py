@@ -1,0 +1,1 @@
+"""Reading KB sources into the canonical docs and QA records."""

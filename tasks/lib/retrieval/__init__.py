@@ -1,0 +1,1 @@
+"""Dense and sparse retrieval: encoders, the embedding cache, index files, the retriever."""

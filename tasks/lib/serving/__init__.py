@@ -1,0 +1,1 @@
+"""The served RAG system: the bundle, the registry and the promotion gate."""
