@@ -12,7 +12,7 @@ and its dense retrieval is scored on the real test questions, whole and on the u
 subset (gold docs never a gold doc of the real train split: the same questions for every
 row), with a paired bootstrap interval of the difference to the base encoder.
 
-`--split reference` trains and scores on the issue's reference split instead of ingest's: every
+`--split reference` trains and scores on a reference split instead of ingest's: every
 FanOutQA sub-question row (duplicates kept) grouped by its top-level question, so the same
 sub-question can sit in train and in test. Only the real-label variants run there (synthetic
 queries were sampled away from ingest's dev/test docs, not the reference's).
@@ -43,12 +43,14 @@ from typing import Any
 import numpy as np
 
 from tasks.compare_retrievers import unseen_doc_subset
-from tasks.finetune_retriever import MODEL_DIR, finetune
+from tasks.finetune_retriever import finetune, model_dir
 from tasks.ingest import split_by_group
 from tasks.lib.core.assets import package_file
 from tasks.lib.core.config import FinetuneRetrieverParams, Params, SplitParams, load_params
 from tasks.lib.core.io import read_text, write_json, write_jsonl
 from tasks.lib.core.records import SPLITS, QARecord, read_docs, read_qa, read_qa_splits
+from tasks.lib.core.report import interval_cell, markdown_table
+from tasks.lib.core.stats import bootstrap_interval
 from tasks.lib.kb.sources import (
     FANOUT_FILE,
     FANOUT_PACKAGE,
@@ -58,9 +60,9 @@ from tasks.lib.kb.sources import (
 from tasks.lib.retrieval.embedding_cache import EmbeddingCache
 from tasks.lib.retrieval.encoder import load_encoder
 from tasks.lib.retrieval.index_store import build_index
-from tasks.lib.retrieval.metrics import bootstrap_interval, per_query_scores, qrels_from, run_from
+from tasks.lib.retrieval.metrics import per_query_scores, qrels_from, run_from
 from tasks.lib.retrieval.retriever import Fusion, Retriever
-from tasks.synthesize_queries import QUERIES_FILE, round_trip_ranks
+from tasks.synthesize_queries import round_trip_ranks
 
 METRICS = ["ndcg@10", "recall@10"]
 RESAMPLES, CONFIDENCE, SEED = 2000, 0.95, 0
@@ -90,7 +92,7 @@ def variants(tune: FinetuneRetrieverParams) -> dict[str, FinetuneRetrieverParams
 
 
 def reference_split(doc_ids: set[str]) -> dict[str, list[QARecord]]:
-    """The issue's reference split: one record per (top-level question, sub-question) whose
+    """The reference split: one record per (top-level question, sub-question) whose
     evidence page is in the KB, grouped by the top-level id, 60/20/20 of the shuffled sorted
     ids with seed 0. Unlike ingest, a sub-question shared by two top-level questions stays
     twice, possibly once in train and once in test."""
@@ -129,7 +131,7 @@ def on_reference_split(params: Params, params_file: Path, work: Path) -> Params:
 def with_stricter_round_trip(params: Params, params_file: Path, work: Path, k: int) -> Params:
     """Write the synthetic questions whose source doc is in the base dense top `k` under `work`
     and point the synthetic queries path at them."""
-    records = read_qa(params.paths.synthetic_queries_dir / QUERIES_FILE)
+    records = read_qa(params.paths.synthetic_queries)
     retriever = Retriever.load(
         params.paths.index_dir,
         Fusion.from_params(params.retrieval),
@@ -141,9 +143,12 @@ def with_stricter_round_trip(params: Params, params_file: Path, work: Path, k: i
     kept = [r for r, rank in zip(records, ranks, strict=True) if rank is not None]
     folder = (work / f"synthetic_top{k}").resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    write_jsonl(folder / QUERIES_FILE, kept)
+    queries = folder / params.paths.synthetic_queries.name
+    write_jsonl(queries, kept)
     print(f"ablation: round trip top {k}: {len(kept)} of {len(records)} synthetic questions kept")
-    paths = params.paths.model_copy(update={"synthetic_queries_dir": folder})
+    paths = params.paths.model_copy(
+        update={"synthetic_queries_dir": folder, "synthetic_queries": queries}
+    )
     return params.model_copy(update={"paths": paths})
 
 
@@ -181,9 +186,8 @@ def subset_scores(
 
 
 def cell(values: np.ndarray, signed: bool = False) -> str:
-    low, high = bootstrap_interval(values, RESAMPLES, CONFIDENCE, SEED)
-    form = "+.3f" if signed else ".3f"
-    return f"{values.mean():{form}} [{low:{form}}, {high:{form}}]"
+    interval = bootstrap_interval(values, RESAMPLES, CONFIDENCE, SEED)
+    return interval_cell(interval, "+.3f" if signed else ".3f")
 
 
 def columns_of(subsets: dict[str, list[QARecord]]) -> list[str]:
@@ -202,21 +206,21 @@ def table(subsets: dict[str, list[QARecord]], base: dict[str, Any], rows: list[d
         for column in columns
     ]
     sizes = ", ".join(f"{name} {len(records)}" for name, records in subsets.items())
-    lines = [
-        f"questions: {sizes}; mean [{CONFIDENCE:.0%} bootstrap]; '- base' columns are paired",
-        "",
-        "| variant | pairs (real+syn) | train s | " + " | ".join(columns) + " |",
-        "|---" * (len(columns) + 3) + "|",
-        "| base | - | - | " + " | ".join(base_cells) + " |",
+    head = f"questions: {sizes}; mean [{CONFIDENCE:.0%} bootstrap]; '- base' columns are paired"
+    trained = [
+        [
+            row["variant"],
+            f"{row['pairs']['real']}+{row['pairs']['synthetic']}",
+            f"{row['train_seconds']:.0f}",
+            *(row[c] for c in columns),
+        ]
+        for row in rows
     ]
-    for row in rows:
-        pairs = f"{row['pairs']['real']}+{row['pairs']['synthetic']}"
-        lines.append(
-            f"| {row['variant']} | {pairs} | {row['train_seconds']:.0f} | "
-            + " | ".join(row[c] for c in columns)
-            + " |"
-        )
-    return "\n".join(lines) + "\n"
+    body = markdown_table(
+        ["variant", "pairs (real+syn)", "train s", *columns],
+        [["base", "-", "-", *base_cells], *trained],
+    )
+    return f"{head}\n\n{body}\n"
 
 
 def earlier_rows(path: Path) -> list[dict[str, Any]]:
@@ -249,7 +253,7 @@ def main() -> None:
         "unseen": unseen_doc_subset(test, {d for r in splits["train"] for d in r.doc_ids}),
     }
     names = args.variants or list(chosen)
-    synthetic_file = params.paths.synthetic_queries_dir / QUERIES_FILE
+    synthetic_file = params.paths.synthetic_queries
     if any(chosen[name].use_synthetic for name in names) and not read_text(synthetic_file).strip():
         raise SystemExit(
             f"ablation: {synthetic_file} holds no question (synthesize_queries skips when "
@@ -264,7 +268,8 @@ def main() -> None:
     for name in names:
         out = work / name
         metrics = finetune(params, chosen[name], out)
-        tuned = subset_scores(subsets, dense_rankings(args.params, params, out / MODEL_DIR, test))
+        encoder = model_dir(params, out)
+        tuned = subset_scores(subsets, dense_rankings(args.params, params, encoder, test))
         row = {"variant": name, "pairs": metrics["pairs"]}
         row |= {"train_seconds": metrics["train_seconds"], "steps": metrics["steps"]}
         for subset, by_metric in tuned.items():
@@ -274,7 +279,7 @@ def main() -> None:
         rows.append(row)
         print(f"ablation: {row}", flush=True)
         if not args.keep_models:
-            shutil.rmtree(out / MODEL_DIR)
+            shutil.rmtree(encoder)
         # written after every variant: a long run interrupted keeps what it measured
         (work / "ablation.md").write_text(table(subsets, base, rows), encoding="utf-8")
         write_json(work / "ablation.json", rows)

@@ -23,27 +23,26 @@ import time
 from pathlib import Path
 
 from transformers import (
-    AutoTokenizer,
     DataCollatorForSeq2Seq,
     Trainer,
     TrainingArguments,
     set_seed,
 )
 
-from tasks.finetune_generator import encode_items, finetune, load_model, with_lora
+from tasks.finetune_generator import encode_items, finetune, with_lora
 from tasks.lib.core.config import Params, load_params
 from tasks.lib.core.records import read_docs, read_qa
 from tasks.lib.generation.data import generation_items, read_contexts
 from tasks.lib.generation.generator import IGNORE_INDEX, GenerationItem, ensure_pad_token
+from tasks.lib.generation.loader import load_generator
 
 
-def bench_items(params: Params, params_file: Path, n: int) -> list[GenerationItem]:
+def bench_items(params: Params, n: int) -> list[GenerationItem]:
     """The stage's training mix, cut to `n` examples (real questions first, then KB ones)."""
     paths, generator = params.paths, params.generator
-    dedup_dir = paths.dedup_dir
-    docs = {d.id: d for d in read_docs(dedup_dir / "docs.jsonl")}
+    docs = {d.id: d for d in read_docs(paths.retrieval_docs)}
     contexts = read_contexts(paths.retrieved_contexts)
-    real = [r for r in read_qa(dedup_dir / "qa/train.jsonl") if r.answerable]
+    real = [r for r in read_qa(paths.retrieval_qa_dir / "train.jsonl") if r.answerable]
     kb = read_qa(paths.kb_questions_dir / "train.jsonl")
     items = generation_items(real, "qa", contexts, docs, generator.top_k)
     items += generation_items(kb, "describe", contexts, docs, generator.top_k)
@@ -55,9 +54,8 @@ def plain_trainer_tokens_per_second(
 ) -> tuple[float, int]:
     tune = params.finetune_generator
     set_seed(tune.seed)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model, tokenizer = load_generator(base_dir)
     ensure_pad_token(tokenizer)
-    model = load_model(base_dir)
     if tune.method == "lora":
         model = with_lora(model, tune)
     features = encode_items(items, tokenizer, params.generator, seq2seq=False)
@@ -96,7 +94,7 @@ def stage_tokens_per_second(
 def main(params_file: Path, n_examples: int, rounds: int) -> None:
     params = load_params(params_file)
     base_dir = params.paths.generator_base_dir
-    items = bench_items(params, params_file, n_examples)
+    items = bench_items(params, n_examples)
     tune = params.finetune_generator
     print(
         f"bench_generator: {len(items)} examples, method {tune.method}, batch "

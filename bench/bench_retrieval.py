@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.lib.core.config import load_params
+from tasks.lib.core.config import RETRIEVAL_MODES, load_params
 from tasks.lib.core.records import SPLITS, read_docs, read_qa
 from tasks.lib.retrieval.embedding_cache import EmbeddingCache, embed_with_cache
 from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
 from tasks.lib.retrieval.index_store import passage_text
-from tasks.lib.retrieval.retriever import MODES, Retriever, load_fusion
+from tasks.lib.retrieval.retriever import Retriever, load_fusion
 
 
 def bench_embedding(params_file: Path, n_docs: int, repeats: int) -> None:
@@ -74,7 +74,7 @@ def bench_latency(params_file: Path, k: int, warmup: int) -> None:
         f"{retriever.manifest['faiss']['type']} faiss over {len(retriever.docs)} docs; "
         f"hybrid: {fusion.candidates} candidates a side ({source})"
     )
-    for mode in MODES:
+    for mode in RETRIEVAL_MODES:
         for question in questions[:warmup]:
             retriever.search(question, k=k, mode=mode)
         times = []

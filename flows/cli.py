@@ -184,11 +184,14 @@ def search(
     from rich.console import Console
     from rich.table import Table
 
+    from tasks.lib.core.config import RETRIEVAL_MODES
     from tasks.lib.core.io import InputError
-    from tasks.lib.retrieval.retriever import MODES, Retriever, load_fusion
+    from tasks.lib.retrieval.retriever import Retriever, load_fusion
 
-    if mode not in MODES:
-        raise typer.BadParameter(f"must be one of {', '.join(MODES)}", param_hint="--mode")
+    if mode not in RETRIEVAL_MODES:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(RETRIEVAL_MODES)}", param_hint="--mode"
+        )
     try:
         settings = _load(params)
         fusion, fusion_source = load_fusion(settings)

@@ -11,7 +11,6 @@ from pathlib import Path
 from tasks.lib.core.config import load_params
 from tasks.lib.core.io import run_stage
 from tasks.lib.core.tracking import stage_run
-from tasks.lib.retrieval.retriever import FUSION_FILE
 from tasks.lib.serving.bundle import COMPONENTS, components_spec, save_bundle
 
 
@@ -19,10 +18,10 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     paths = params.paths
     index_dir = paths.index_tuned_dir
-    fusion_file = paths.tune_retrieval_tuned_dir / FUSION_FILE
+    fusion_file = paths.fusion_tuned
     spec = components_spec(
-        paths.retriever_dir / "model",
-        paths.generator_dir / "model",
+        paths.retriever_model,
+        paths.generator_model,
         params.generator,
         params.bundle,
     )

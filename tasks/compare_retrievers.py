@@ -3,7 +3,7 @@
 Five systems: BM25, dense with the base encoder, dense with the tuned one, and hybrid (weighted
 RRF) over each dense side, each hybrid with the weights `tune_retrieval` chose on dev for that
 index. They are scored on the whole split and on its unseen-doc subset: questions none of whose
-gold docs was ever a training positive (`finetune_retriever`'s positives.json), which is where
+gold docs was ever a training positive (`paths.retriever_positives`), which is where
 a tuned encoder has to generalize rather than recall.
 
 Every system gets a bootstrap interval, and each comparison (tuned - base, tuned hybrid - tuned
@@ -24,15 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from tasks.finetune_retriever import POSITIVES_FILE
 from tasks.lib.core.config import CompareRetrieversParams, load_params
 from tasks.lib.core.io import atomic_path, read_text, run_stage, write_json
 from tasks.lib.core.records import QARecord, read_qa
+from tasks.lib.core.report import interval_cell, markdown_table
+from tasks.lib.core.stats import bootstrap_interval
 from tasks.lib.core.tracking import stage_run
-from tasks.lib.retrieval.metrics import bootstrap_interval, per_query_scores, qrels_from, run_from
-from tasks.lib.retrieval.retriever import FUSION_FILE, Fusion, Retriever, system_rankings
+from tasks.lib.retrieval.metrics import per_query_scores, qrels_from, run_from
+from tasks.lib.retrieval.retriever import Fusion, Retriever, system_rankings
 
 SYSTEMS = ("bm25", "dense_base", "dense_tuned", "hybrid_base", "hybrid_tuned")
 # (system, reference): the paired intervals reported, the first one is the headline
@@ -64,13 +63,6 @@ def compare_rankings(
     }
 
 
-def interval(values: np.ndarray, params: CompareRetrieversParams) -> dict[str, float]:
-    low, high = bootstrap_interval(
-        values, params.bootstrap_resamples, params.confidence, params.seed
-    )
-    return {"mean": float(values.mean()), "low": low, "high": high}
-
-
 def compare_subset(
     records: Sequence[QARecord],
     rankings: dict[str, list[list[str]]],
@@ -85,9 +77,12 @@ def compare_subset(
         system: per_query_scores(qrels, run_from(records, ranked), params.metrics)
         for system, ranked in rankings.items()
     }
+    bootstrap = (params.bootstrap_resamples, params.confidence, params.seed)
     differences = {
         f"{system} - {reference}": {
-            metric: interval(scores[system][metric] - scores[reference][metric], params)
+            metric: bootstrap_interval(
+                scores[system][metric] - scores[reference][metric], *bootstrap
+            )
             for metric in params.metrics
         }
         for system, reference in DIFFERENCES
@@ -95,7 +90,10 @@ def compare_subset(
     return {
         "questions": len(records),
         "systems": {
-            system: {metric: interval(values, params) for metric, values in by_metric.items()}
+            system: {
+                metric: bootstrap_interval(values, *bootstrap)
+                for metric, values in by_metric.items()
+            }
             for system, by_metric in scores.items()
         },
         "differences": differences,
@@ -104,19 +102,22 @@ def compare_subset(
 
 def markdown(name: str, result: dict[str, Any], metrics: list[str], confidence: float) -> str:
     """One table of systems and one of paired differences."""
-    lines = [f"### {name} ({result['questions']} questions; mean [{confidence:.0%} bootstrap])", ""]
-    lines += ["| system | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    for system, by_metric in result["systems"].items():
-        cells = [f"{v['mean']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for v in by_metric.values()]
-        lines.append(f"| {system} | " + " | ".join(cells) + " |")
-    lines += ["", "| paired difference | " + " | ".join(metrics) + " |"]
-    lines.append("|---" * (len(metrics) + 1) + "|")
-    for pair, by_metric in result["differences"].items():
-        cells = [
-            f"{v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]" for v in by_metric.values()
-        ]
-        lines.append(f"| {pair} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    head = f"### {name} ({result['questions']} questions; mean [{confidence:.0%} bootstrap])"
+    systems = markdown_table(
+        ["system", *metrics],
+        [
+            [system, *(interval_cell(v) for v in by_metric.values())]
+            for system, by_metric in result["systems"].items()
+        ],
+    )
+    differences = markdown_table(
+        ["paired difference", *metrics],
+        [
+            [pair, *(interval_cell(v, "+.3f") for v in by_metric.values())]
+            for pair, by_metric in result["differences"].items()
+        ],
+    )
+    return f"{head}\n\n{systems}\n\n{differences}\n"
 
 
 def main(params_file: Path = Path("params.yaml"), tuned_index: Path | None = None) -> None:
@@ -125,16 +126,15 @@ def main(params_file: Path = Path("params.yaml"), tuned_index: Path | None = Non
     paths = params.paths
     base = Retriever.load(
         paths.index_dir,
-        Fusion.from_file(paths.tune_retrieval_dir / FUSION_FILE),
+        Fusion.from_file(paths.fusion),
         base=params.project_dir,
     )
     tuned = Retriever.load(
         tuned_index or paths.index_tuned_dir,
-        Fusion.from_file(paths.tune_retrieval_tuned_dir / FUSION_FILE),
+        Fusion.from_file(paths.fusion_tuned),
         base=params.project_dir,
     )
-    positives_file = paths.retriever_dir / POSITIVES_FILE
-    positives = set(json.loads(read_text(positives_file)))
+    positives = set(json.loads(read_text(paths.retriever_positives)))
     records = read_qa(paths.retrieval_qa_dir / f"{compare.split}.jsonl")
     depth = max(int(m.split("@")[1]) for m in compare.metrics if "@" in m)
     rankings = compare_rankings(base, tuned, [r.question for r in records], depth)

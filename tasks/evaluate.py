@@ -26,6 +26,7 @@ from tasks.lib.core.config import Params, load_params
 from tasks.lib.core.io import atomic_path, jsonl_lines, read_text, run_stage, write_json
 from tasks.lib.core.plots import bars_figure
 from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa
+from tasks.lib.core.report import markdown_table
 from tasks.lib.core.tracking import metric_key, stage_run
 from tasks.lib.generation.metrics import score_prediction
 from tasks.lib.retrieval.metrics import score_rankings
@@ -85,27 +86,23 @@ def champion_bundle(params: Params, model: str) -> tuple[str, Any] | None:
 
 def report_markdown(systems: Mapping[str, Mapping[str, float]], n: int, split: str) -> str:
     metrics = sorted({m for values in systems.values() for m in values})
-    lines = [
-        f"# evaluate: {n} real {split} questions\n",
-        "| system | " + " | ".join(metrics) + " |",
-        "|---|" + "---|" * len(metrics),
+    rows = [
+        [system, *(f"{100 * values[m]:.1f}" if m in values else "" for m in metrics)]
+        for system, values in systems.items()
     ]
-    for system, values in systems.items():
-        cells = [f"{100 * values[m]:.1f}" if m in values else "" for m in metrics]
-        lines.append(f"| {system} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    table = markdown_table(["system", *metrics], rows)
+    return f"# evaluate: {n} real {split} questions\n\n{table}\n"
 
 
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     paths, settings = params.paths, params.evaluate
-    dedup_dir = paths.dedup_dir
-    docs = {doc.id: doc for doc in read_docs(dedup_dir / "docs.jsonl")}
-    records = read_qa(dedup_dir / "qa" / f"{settings.split}.jsonl")
+    docs = {doc.id: doc for doc in read_docs(paths.retrieval_docs)}
+    records = read_qa(paths.retrieval_qa_dir / f"{settings.split}.jsonl")
     questions = [r.question for r in records]
 
-    generation = json.loads(read_text(paths.generation_eval_dir / "metrics.json"))
-    retrieval = json.loads(read_text(paths.retriever_comparison_dir / "metrics.json"))
+    generation = json.loads(read_text(paths.generation_metrics))
+    retrieval = json.loads(read_text(paths.retriever_comparison_metrics))
     with stage_run("evaluate", params) as run:
         bundles: dict[str, Any] = {CANDIDATE: mlflow.pyfunc.load_model(str(paths.bundle_dir))}
         champion = None

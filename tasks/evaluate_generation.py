@@ -22,11 +22,13 @@ from tasks.lib.core.answers import answer_in_text
 from tasks.lib.core.config import EvaluateGenerationParams, GeneratorParams, load_params
 from tasks.lib.core.io import atomic_path, jsonl_lines, run_stage, write_json
 from tasks.lib.core.records import read_docs, read_qa
+from tasks.lib.core.report import interval_cell, markdown_table
+from tasks.lib.core.stats import paired_intervals
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.generation.data import generation_items, read_contexts
 from tasks.lib.generation.generator import GenerationItem, generate_answers, item_prompt
 from tasks.lib.generation.loader import load_generator
-from tasks.lib.generation.metrics import METRICS, paired_bootstrap, score_prediction
+from tasks.lib.generation.metrics import METRICS, score_prediction
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def score_set(
     }
     for metric in METRICS:
         scores = {name: [row[metric] for row in per_item[name]] for name in names}
-        intervals = paired_bootstrap(
+        intervals = paired_intervals(
             scores, params.bootstrap_resamples, params.confidence, params.seed, pairs
         )
         for system, interval in intervals.items():
@@ -198,18 +200,17 @@ def samples_markdown(
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     paths, generator = params.paths, params.generator
-    dedup_dir = paths.dedup_dir
-    docs = {doc.id: doc for doc in read_docs(dedup_dir / "docs.jsonl")}
+    docs = {doc.id: doc for doc in read_docs(paths.retrieval_docs)}
     contexts = read_contexts(paths.retrieved_contexts)
     kb_heldout = read_qa(paths.kb_questions_dir / "heldout.jsonl")
     eval_sets = {
         "real_test": generation_items(
-            read_qa(dedup_dir / "qa" / "test.jsonl"), "qa", contexts, docs, generator.top_k
+            read_qa(paths.retrieval_qa_dir / "test.jsonl"), "qa", contexts, docs, generator.top_k
         ),
         "kb_heldout": generation_items(kb_heldout, "describe", contexts, docs, generator.top_k),
     }
     base = paths.generator_base_dir
-    tuned = paths.generator_dir / "model"
+    tuned = paths.generator_model
     systems = [
         GeneratorSystem("closed_book", base, rag=False),
         GeneratorSystem("base_rag", base, rag=True),
@@ -238,17 +239,13 @@ def main(params_file: Path = Path("params.yaml")) -> None:
 
 def metrics_table(metrics: Mapping[str, Any], systems: Sequence[str]) -> str:
     """Markdown table: mean [low, high] in percent, per set, system and metric."""
-    header = "| set | system | " + " | ".join(METRICS) + " |"
-    lines = [header, "|" + "---|" * (len(METRICS) + 2)]
-    for set_name, result in metrics.items():
-        for system in [*systems, *(k for k in result if " - " in k)]:
-            cells = [
-                f"{100 * result[system][m]['mean']:.1f} "
-                f"[{100 * result[system][m]['low']:.1f}, {100 * result[system][m]['high']:.1f}]"
-                for m in METRICS
-            ]
-            lines.append(f"| {set_name} (n={result['n']}) | {system} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [
+        [f"{set_name} (n={result['n']})", system]
+        + [interval_cell(result[system][m], ".1f", scale=100) for m in METRICS]
+        for set_name, result in metrics.items()
+        for system in [*systems, *(k for k in result if " - " in k)]
+    ]
+    return markdown_table(["set", "system", *METRICS], rows)
 
 
 if __name__ == "__main__":

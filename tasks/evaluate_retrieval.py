@@ -20,9 +20,11 @@ from tasks.lib.core.config import EvaluateRetrievalParams, load_params
 from tasks.lib.core.io import atomic_path, run_stage, write_json
 from tasks.lib.core.plots import curve_figure
 from tasks.lib.core.records import QARecord, read_qa
+from tasks.lib.core.report import interval_cell, markdown_table
+from tasks.lib.core.stats import bootstrap_interval
 from tasks.lib.core.tracking import run_name, stage_run
-from tasks.lib.retrieval.metrics import score_rankings, summarize
-from tasks.lib.retrieval.retriever import FUSION_FILE, Fusion, Retriever, system_rankings
+from tasks.lib.retrieval.metrics import score_rankings
+from tasks.lib.retrieval.retriever import Fusion, Retriever, system_rankings
 
 SYSTEMS = ("bm25", "dense", "hybrid_equal", "hybrid_tuned")
 
@@ -36,27 +38,24 @@ def evaluate_split(
     curve = [{"k": k} for k in range(1, params.curve_depth + 1)]
     for system, ranked in rankings.items():
         scores = score_rankings(records, ranked, params.metrics)
-        summary[system] = summarize(
-            scores, params.bootstrap_resamples, params.confidence, params.seed
-        )
+        summary[system] = {
+            metric: bootstrap_interval(
+                values, params.bootstrap_resamples, params.confidence, params.seed
+            )
+            for metric, values in scores.items()
+        }
         recall = score_rankings(records, ranked, curve_metrics)
         for row, name in zip(curve, curve_metrics, strict=True):
             row[system] = round(float(recall[name].mean()), 4)
     return summary, curve
 
 
-def markdown_table(
+def split_table(
     split: str, n: int, summary: dict[str, Any], metrics: list[str], confidence: float
 ) -> str:
     head = f"{split} ({n} questions; mean [{confidence:.0%} bootstrap interval])\n\n"
-    lines = ["| metric | " + " | ".join(summary) + " |", "|---" * (len(summary) + 1) + "|"]
-    for metric in metrics:
-        cells = [
-            f"{s[metric]['mean']:.3f} [{s[metric]['low']:.3f}, {s[metric]['high']:.3f}]"
-            for s in summary.values()
-        ]
-        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-    return head + "\n".join(lines) + "\n"
+    rows = [[metric, *(interval_cell(s[metric]) for s in summary.values())] for metric in metrics]
+    return head + markdown_table(["metric", *summary], rows) + "\n"
 
 
 def write_curve(path: Path, curve: list[dict[str, float]]) -> None:
@@ -73,7 +72,7 @@ def main(
 ) -> None:
     params = load_params(params_file)
     evaluation = params.evaluate_retrieval
-    tuned_file = fusion_file or params.paths.tune_retrieval_dir / FUSION_FILE
+    tuned_file = fusion_file or params.paths.fusion
     tuned = Fusion.from_file(tuned_file)
     equal = Fusion(evaluation.equal_rrf_k, 0.5, 0.5, params.retrieval.candidates)
     index_dir = index if index is not None else params.paths.index_dir
@@ -96,7 +95,7 @@ def main(
         }
         report[split] = {"questions": len(records), "gold_not_indexed": missing, "systems": summary}
         tables.append(
-            markdown_table(split, len(records), summary, evaluation.metrics, evaluation.confidence)
+            split_table(split, len(records), summary, evaluation.metrics, evaluation.confidence)
         )
         if missing:
             print(
@@ -140,7 +139,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--index", type=Path, help="index folder (default: paths.index_dir)")
-    parser.add_argument("--fusion", type=Path, help="tuned fusion.json (default: tune_retrieval's)")
+    parser.add_argument("--fusion", type=Path, help="tuned fusion (default: paths.fusion)")
     parser.add_argument(
         "--out", type=Path, help="output folder (default: paths.retrieval_eval_dir)"
     )

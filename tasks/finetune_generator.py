@@ -191,13 +191,12 @@ def save_generator(model: Any, tokenizer: Any, out_dir: Path, report: dict[str, 
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     paths, generator, tune = params.paths, params.generator, params.finetune_generator
-    dedup_dir = paths.dedup_dir
     kb_dir = paths.kb_questions_dir
-    docs = {doc.id: doc for doc in read_docs(dedup_dir / "docs.jsonl")}
+    docs = {doc.id: doc for doc in read_docs(paths.retrieval_docs)}
     contexts = read_contexts(paths.retrieved_contexts)
 
     def real(split: str, answerable_only: bool) -> list[QARecord]:
-        records = read_qa(dedup_dir / "qa" / f"{split}.jsonl")
+        records = read_qa(paths.retrieval_qa_dir / f"{split}.jsonl")
         return [r for r in records if r.answerable or not answerable_only]
 
     def items(records: list[QARecord], task: str, gold_passage: str) -> list[GenerationItem]:

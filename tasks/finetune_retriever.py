@@ -9,12 +9,11 @@ of the gold, since such a near-tie is more often an unlabelled answer than a wro
 no-duplicates batch sampler keeps a passage from being both a positive and an in-batch negative.
 
 The trainer scores the dev split during training (InformationRetrievalEvaluator, nDCG@10) and
-keeps the best checkpoint; the model is saved as safetensors. Encoding the whole 10k-doc KB at
-every evaluation would cost 75 s on an idle 2-core CPU (MiniLM, ~135 passages/s) and far more on
-a busy one, so by default the dev corpus is a fixed subsample: the dev gold docs, each dev
-question's top base-encoder candidates (the docs that can actually outrank the gold) and random
-KB docs up to `eval_corpus`. It only ranks checkpoints; the reported numbers come from
-`compare_retrievers` over the whole KB.
+keeps the best checkpoint; the model is saved as safetensors. Encoding the whole KB at every
+evaluation is slow on a CPU and grows with the KB, so by default the dev corpus is a fixed
+subsample: the dev gold docs, each dev question's top base-encoder candidates (the docs that can
+actually outrank the gold) and random KB docs up to `eval_corpus`. It only ranks checkpoints;
+the reported numbers come from `compare_retrievers` over the whole KB.
 
 Outputs in `paths.retriever_dir`: model/ (a SentenceTransformer folder), train_metrics.json
 (data counts, mining statistics, dev scores, training seconds), positives.json (the doc ids
@@ -60,10 +59,7 @@ from tasks.lib.core.training_curves import MlflowCurves
 from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
 from tasks.lib.retrieval.index_store import passage_text
 from tasks.lib.retrieval.retriever import Fusion, Retriever
-from tasks.synthesize_queries import QUERIES_FILE
 
-MODEL_DIR = "model"
-POSITIVES_FILE = "positives.json"
 EVALUATOR_NAME = "dev"
 _EVAL_HARD_CANDIDATES = 10  # per dev question, from the base encoder, in the dev subsample
 # (questions, depth) -> per question (doc id, score), best first
@@ -115,8 +111,8 @@ def mine_hard_negatives(
     (sentence-transformers' `mine_hard_negatives` rule; strictly below, so a copy of a gold doc
     under another id never passes). A gold doc outside the searched window scores below every
     candidate, so then none passes, as in the library. Pairs left short get random KB docs, so
-    no real label is lost. The index is searched rather than the KB re-encoded: here that
-    costs one query batch instead of ~10k passages after every KB change.
+    no real label is lost. The index is searched rather than the KB re-encoded: that costs one
+    query batch instead of encoding every passage again after each KB change.
     """
     gold_of: dict[str, set[str]] = defaultdict(set)
     for pair in pairs:
@@ -283,9 +279,16 @@ def dev_scores(evaluator: InformationRetrievalEvaluator, model: SentenceTransfor
     }
 
 
+def model_dir(params: Params, out_dir: Path) -> Path:
+    """Where `finetune` saves the encoder in `out_dir`: `paths.retriever_model` for the stage."""
+    return out_dir / params.paths.retriever_model.relative_to(params.paths.retriever_dir)
+
+
 def finetune(params: Params, tune: FinetuneRetrieverParams, out_dir: Path) -> dict[str, Any]:
     """Build the pairs, mine, train and write `out_dir` (model/, train_metrics.json,
-    positives.json); returns the metrics. `tune` may differ from params (the ablation)."""
+    positives.json: `paths.retriever_model` and `retriever_positives` when it is
+    `paths.retriever_dir`); returns the metrics. `tune` and `out_dir` may differ from params
+    (the ablation)."""
     started = time.perf_counter()
     torch.set_num_threads(tune.threads or os.cpu_count() or 1)
     docs = read_docs(params.paths.retrieval_docs)
@@ -302,7 +305,7 @@ def finetune(params: Params, tune: FinetuneRetrieverParams, out_dir: Path) -> di
 
     pairs = training_pairs(splits["train"], set(passages), "real") if tune.use_real else []
     if tune.use_synthetic:
-        synthetic_file = params.paths.synthetic_queries_dir / QUERIES_FILE
+        synthetic_file = params.paths.synthetic_queries
         # Empty when synthesize_queries kept no question (a weak generator, a small KB).
         synthetic = read_qa(synthetic_file) if read_text(synthetic_file).strip() else []
         pairs += training_pairs(synthetic, set(passages), "synthetic")
@@ -334,7 +337,7 @@ def finetune(params: Params, tune: FinetuneRetrieverParams, out_dir: Path) -> di
     with atomic_path(out_dir) as tmp:
         result = train_encoder(model, dataset, evaluator, tune, tmp / "checkpoints")
         shutil.rmtree(tmp / "checkpoints")
-        model.save_pretrained(str(tmp / MODEL_DIR), safe_serialization=True)
+        model.save_pretrained(str(model_dir(params, tmp)), safe_serialization=True)
         metrics = {
             "pairs": counts,
             "mining": mining,
@@ -347,12 +350,13 @@ def finetune(params: Params, tune: FinetuneRetrieverParams, out_dir: Path) -> di
             "tuned_fingerprint": encoder_fingerprint(model),
         }
         write_json(tmp / "train_metrics.json", metrics)
-        write_json(tmp / POSITIVES_FILE, sorted({p.doc_id for p in pairs}))
+        positives = params.paths.retriever_positives.relative_to(params.paths.retriever_dir)
+        write_json(tmp / positives, sorted({p.doc_id for p in pairs}))
     print(
         f"finetune_retriever: trained {result['steps']} steps in {result['train_seconds']:.0f} s "
         f"(stage {metrics['stage_seconds']:.0f} s); dev nDCG@10 over the dev corpus: base "
         f"{base_dev['ndcg@10']:.3f} -> tuned {metrics['dev_tuned']['ndcg@10']:.3f} "
-        f"({result['best_checkpoint']}); saved {out_dir / MODEL_DIR}"
+        f"({result['best_checkpoint']}); saved {model_dir(params, out_dir)}"
     )
     return metrics
 

@@ -73,11 +73,10 @@ def make_kb_questions(
 
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
-    dedup_dir = params.paths.dedup_dir
-    docs = read_docs(dedup_dir / "docs.jsonl")
+    docs = read_docs(params.paths.retrieval_docs)
     real_gold = {
         d
-        for records in read_qa_splits(dedup_dir / "qa").values()
+        for records in read_qa_splits(params.paths.retrieval_qa_dir).values()
         for r in records
         for d in r.doc_ids
     }

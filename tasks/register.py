@@ -104,11 +104,11 @@ def judge(
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     reg = params.register_
-    metrics_path = reg.metrics_file
+    metrics_path = params.paths.evaluate_metrics
     systems = read_system_metrics(metrics_path)
     candidate, baselines = gate_inputs(systems, params, metrics_path)
     rescored = systems.get(RESCORED_CHAMPION)
-    test_file = params.paths.dedup_dir / "qa" / "test.jsonl"
+    test_file = params.paths.retrieval_qa_dir / "test.jsonl"
     test_split = file_digest(test_file)
     folders = {name: folder for name, folder in reg.models.items()}
     for name, folder in folders.items():

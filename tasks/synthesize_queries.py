@@ -18,7 +18,8 @@ When `finetune_retriever.use_synthetic` is false nothing would read the question
 writes empty outputs at once instead of spending minutes generating after every KB change.
 
 Outputs in `paths.synthetic_queries_dir`:
-  queries.jsonl   kept questions as canonical QA records (doc_ids = [source doc], no answers)
+  queries.jsonl   kept questions as canonical QA records (doc_ids = [source doc], no answers);
+                  finetune_retriever reads them as `paths.synthetic_queries`
   rejected.jsonl  every dropped question with its reason (and its source doc's rank)
   metrics.json    counts, kept share, generation seconds per question
 """
@@ -36,7 +37,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from tasks.lib.core.config import SynthesizeQueriesParams, load_params
+from tasks.lib.core.config import PathsParams, SynthesizeQueriesParams, load_params
 from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json, write_jsonl
 from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
 from tasks.lib.core.tracking import stage_run
@@ -45,7 +46,6 @@ from tasks.lib.generation.loader import load_generator
 from tasks.lib.retrieval.retriever import Fusion, Retriever
 
 ID_PREFIX = "syn:"
-QUERIES_FILE = "queries.jsonl"
 EVALUATION_SPLITS = ("dev", "test")
 _LEAD_IN = re.compile(r"^\s*(?:\*\*)?(?:question|q)\s*\d*\s*[:.)-]\s*(?:\*\*)?\s*", re.IGNORECASE)
 _MIN_WORDS, _MAX_WORDS = 3, 40
@@ -155,11 +155,16 @@ def filter_questions(
 
 
 def write_outputs(
-    out_dir: Path, kept: list[QARecord], rejected: list[dict[str, Any]], metrics: dict[str, Any]
+    paths: PathsParams,
+    kept: list[QARecord],
+    rejected: list[dict[str, Any]],
+    metrics: dict[str, Any],
 ) -> None:
+    """The three files, replaced together in `paths.synthetic_queries_dir`."""
+    out_dir = paths.synthetic_queries_dir
     with atomic_path(out_dir) as out:
         out.mkdir(parents=True)
-        write_jsonl(out / QUERIES_FILE, kept)
+        write_jsonl(out / paths.synthetic_queries.relative_to(out_dir), kept)
         write_jsonl(out / "rejected.jsonl", rejected)
         write_json(out / "metrics.json", metrics)
 
@@ -167,10 +172,9 @@ def write_outputs(
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     synth = params.synthesize_queries
-    out_dir = params.paths.synthetic_queries_dir
     if not params.finetune_retriever.use_synthetic:
         with stage_run("synthesize_queries", params) as run:
-            write_outputs(out_dir, [], [], {"kept": 0, "skipped": "use_synthetic is false"})
+            write_outputs(params.paths, [], [], {"kept": 0, "skipped": "use_synthetic is false"})
             run.log_metrics({"kept": 0})
         print("synthesize_queries: skipped (finetune_retriever.use_synthetic is false)")
         return
@@ -185,7 +189,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     folder = params.paths.generator_base_dir
     if folder.is_dir():
         model, tokenizer = load_generator(folder)
-    else:  # not prepared yet (a run outside dvc): convert in memory, ~25 s
+    else:  # not prepared yet (a run outside dvc): convert in memory, slower
         print(f"synthesize_queries: {folder} missing, loading {params.prepare_generator.model}")
         model, tokenizer = load_generator(params.prepare_generator.model)
     model.eval()
@@ -223,7 +227,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         "generation_seconds": round(seconds, 1),
         "seconds_per_question": round(seconds / len(chosen), 3) if chosen else 0.0,
     }
-    write_outputs(out_dir, kept, rejected, metrics)
+    write_outputs(params.paths, kept, rejected, metrics)
     with stage_run("synthesize_queries", params) as run:
         run.log_metrics(metrics)
     print(

@@ -3,13 +3,14 @@
 Equal-weight fusion is not a safe default: when BM25 is much weaker than dense retrieval on a
 KB, giving it half the vote drags the fused ranking below dense alone. So the weight and the
 constant are picked on held-out questions from a small grid, and the choice is recorded in
-`fusion.json`, which `Retriever.from_params` then uses for hybrid search.
+`fusion.json` in `--out` (`paths.fusion`; `paths.fusion_tuned` for the tuned index), which
+`Retriever.from_params` (`Retriever.tuned`) then uses for hybrid search.
 
-A grid of ~30 points scored on ~100 dev questions finds a winner by chance: on the default KB
-the best fusion beat dense alone by +0.003 nDCG@10 on dev and lost 0.023 to it on test. So
-with `require_gain` the best fusion is kept only when its paired bootstrap interval of the gain
-over dense alone (same questions) lies above zero; otherwise the choice is dense alone
-(dense_weight 1, which `hybrid` search then follows exactly).
+The best of many grid points scored on a small dev split wins partly by chance: it can beat
+dense alone on dev and lose to it on test. So with `require_gain` the best fusion is kept only
+when its paired bootstrap interval of the gain over dense alone (same questions) lies above
+zero; otherwise the choice is dense alone (dense_weight 1, which `hybrid` search then follows
+exactly).
 
 Both sides are retrieved once (`retrieval.candidates` deep); each grid point only re-fuses.
 
@@ -28,8 +29,10 @@ import numpy as np
 from tasks.lib.core.config import TuneRetrievalParams, load_params
 from tasks.lib.core.io import atomic_path, run_stage, write_json
 from tasks.lib.core.records import QARecord, read_qa
+from tasks.lib.core.report import interval_cell
+from tasks.lib.core.stats import bootstrap_interval
 from tasks.lib.core.tracking import run_name, stage_run
-from tasks.lib.retrieval.metrics import bootstrap_interval, score_rankings
+from tasks.lib.retrieval.metrics import score_rankings
 from tasks.lib.retrieval.retriever import FUSION_FILE, Fusion, Ranking, Retriever, fuse_rankings
 
 GRID_FILE = "grid.json"
@@ -72,16 +75,6 @@ def choose(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     return max(rows, key=lambda row: row[metric])
 
 
-def gain_over_dense(
-    fused: np.ndarray, dense: np.ndarray, tune: TuneRetrievalParams
-) -> dict[str, float]:
-    """Mean and paired bootstrap interval of fused - dense, question by question."""
-    low, high = bootstrap_interval(
-        fused - dense, tune.bootstrap_resamples, tune.confidence, tune.seed
-    )
-    return {"mean": float((fused - dense).mean()), "low": low, "high": high}
-
-
 def keeps_fusion(fusion: Fusion, gain: dict[str, float], tune: TuneRetrievalParams) -> bool:
     """Fusion stays when it is dense alone anyway, not required to prove itself, or proven."""
     return fusion.bm25_weight == 0 or not tune.require_gain or gain["low"] > 0
@@ -114,7 +107,9 @@ def select_fusion(
     best = Fusion(top["rrf_k"], top["dense_weight"], top["bm25_weight"], depth)
     dense_scores = ranking_scores(records, doc_ids, dense, tune.metric)
     fused_scores = ranking_scores(records, doc_ids, fuse_all(dense, sparse, best), tune.metric)
-    gain = gain_over_dense(fused_scores, dense_scores, tune)
+    gain = bootstrap_interval(  # paired: fused - dense, question by question
+        fused_scores - dense_scores, tune.bootstrap_resamples, tune.confidence, tune.seed
+    )
     kept = keeps_fusion(best, gain, tune)
     return Selection(
         rows=rows,
@@ -178,7 +173,7 @@ def main(
         cells = [row[tune.metric] for row in rows if row["rrf_k"] == rrf_k]
         print(f"  {rrf_k:20g} " + " ".join(f"{c:6.3f}" for c in cells))
     print(f"  dense alone {alone['dense']:.3f}, bm25 alone {alone['bm25']:.3f}")
-    interval = f"{gain['mean']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]"
+    interval = interval_cell(gain, "+.3f")
     print(
         f"  best fusion (rrf_k={best_fusion.rrf_k:g}, dense_weight={best_fusion.dense_weight:g})"
         f" minus dense alone: {interval} ({tune.confidence:.0%} paired bootstrap)"

@@ -69,7 +69,7 @@ def qa_doc_ids_frame(splits: Mapping[str, list[QARecord]], kb_ids: set[str]) -> 
     """One row per (QA record, gold doc id) with `in_kb`.
 
     Membership is computed here rather than with a GX value set: GX copies an expectation's
-    arguments many times per run, which costs seconds for a 10,000-id set and grows with the KB.
+    arguments many times per run, which is slow for a large id set and grows with the KB.
     """
     rows = [
         (r.id, d, d in kb_ids) for records in splits.values() for r in records for d in r.doc_ids

@@ -145,6 +145,7 @@ def make_retrieval_project(root: Path, encoder: Path) -> Path:
         "embedding_cache": "cache/embeddings",
         "index_dir": "index",
         "tune_retrieval_dir": "tune",
+        "fusion": "tune/fusion.json",
         "retrieval_eval_dir": "eval",
     }
     params["index"]["encoder"] = str(encoder)

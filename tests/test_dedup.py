@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 from tasks import dedup, ingest
-from tasks.lib.core.config import DedupParams
+from tasks.lib.core.config import DedupParams, load_params
 from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
 from tests.projects import make_project, write_jsonl
 
@@ -84,8 +84,8 @@ def test_stage_writes_docs_qa_dropped_and_metrics(tmp_path: Path) -> None:
     ingest.main(params_file)
     dedup.main(params_file)
 
-    out = tmp_path / "data/dedup"
-    kept = {d.id for d in read_docs(out / "docs.jsonl")}
+    out, paths = tmp_path / "data/dedup", load_params(params_file).paths
+    kept = {d.id for d in read_docs(paths.retrieval_docs)}  # the file later stages read
     assert "zz-copy" not in kept and "long-edit" not in kept and "long" in kept
     dropped = [json.loads(line) for line in (out / "dropped.jsonl").read_text().splitlines()]
     assert {(d["id"], d["reason"], d["kept_id"]) for d in dropped} == {
@@ -100,7 +100,7 @@ def test_stage_writes_docs_qa_dropped_and_metrics(tmp_path: Path) -> None:
         "near_duplicates": 1,
         "qa_records_rewritten": 1,
     }
-    records = [r for split in read_qa_splits(out / "qa").values() for r in split]
+    records = [r for split in read_qa_splits(paths.retrieval_qa_dir).values() for r in split]
     assert {r.id: r.doc_ids for r in records}["qz"] == [rows[1]["id"]]
 
 

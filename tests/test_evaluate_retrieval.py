@@ -13,10 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks import evaluate_retrieval, index, retrieval_metrics, tune_retrieval
+from tasks import evaluate_retrieval, index, tune_retrieval
 from tasks.lib.core.config import TuneRetrievalParams
 from tasks.lib.core.records import QARecord
-from tasks.lib.retrieval.metrics import bootstrap_interval, score_rankings
+from tasks.lib.core.stats import bootstrap_interval
+from tasks.lib.retrieval import metrics as retrieval_metrics
+from tasks.lib.retrieval.metrics import score_rankings
 from tests.fixtures_retrieval import make_retrieval_project, make_tiny_encoder
 
 METRICS = ["recall@1", "recall@5", "precision@5", "mrr@10", "ndcg@10"]
@@ -64,14 +66,17 @@ def test_scores_paired_with_the_wrong_questions_fail_loudly(monkeypatch) -> None
 
 
 def test_bootstrap_interval() -> None:
-    assert bootstrap_interval(np.full(50, 0.4), 500, 0.95, seed=0) == pytest.approx((0.4, 0.4))
+    flat = bootstrap_interval(np.full(50, 0.4), 500, 0.95, seed=0)
+    assert flat == pytest.approx({"mean": 0.4, "low": 0.4, "high": 0.4})
     values = np.array([0.0] * 30 + [1.0] * 70)
-    low, high = bootstrap_interval(values, 2000, 0.95, seed=0)
+    interval = bootstrap_interval(values, 2000, 0.95, seed=0)
+    low, high = interval["low"], interval["high"]
+    assert interval["mean"] == pytest.approx(0.7)
     # normal approximation of the mean of 100 Bernoulli(0.7) draws: 0.7 +- 1.96 * 0.0458
     assert low == pytest.approx(0.7 - 0.0898, abs=0.02) and high == pytest.approx(
         0.7 + 0.0898, abs=0.02
     )
-    assert bootstrap_interval(values, 2000, 0.95, seed=0) == (low, high)
+    assert bootstrap_interval(values, 2000, 0.95, seed=0) == interval
 
 
 def fusion_case(dense_gold_rank: list[int], bm25_gold_rank: list[int]) -> tune_retrieval.Selection:
@@ -86,7 +91,14 @@ def fusion_case(dense_gold_rank: list[int], bm25_gold_rank: list[int]) -> tune_r
     records = [record(f"q{i:03d}", [f"d{i}"]) for i in range(n)]
     doc_ids = [f"d{row}" for row in range(100 + 10 * n)]
     tune = TuneRetrievalParams(
-        split="dev", metric="ndcg@10", rrf_k=[10, 60], dense_weight=[0.5, 0.8, 1.0]
+        split="dev",
+        metric="ndcg@10",
+        rrf_k=[10, 60],
+        dense_weight=[0.5, 0.8, 1.0],
+        require_gain=True,
+        confidence=0.9,
+        bootstrap_resamples=1000,
+        seed=0,
     )
     return tune_retrieval.select_fusion(
         records,

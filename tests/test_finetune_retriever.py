@@ -60,7 +60,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [qa_row(i, q, [d], "syn:") for i, (q, d) in enumerate(SYNTHETIC)],
     )
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
-    params["paths"] |= {"synthetic_queries_dir": "synthetic", "retriever_dir": "tuned"}
+    params["paths"] |= {
+        "synthetic_queries_dir": "synthetic",
+        "synthetic_queries": "synthetic/queries.jsonl",
+        "retriever_dir": "tuned",
+        "retriever_model": "tuned/model",
+        "retriever_positives": "tuned/positives.json",
+    }
     params["tracking"]["enabled"] = False
     params["finetune_retriever"] |= {
         "use_synthetic": True,
@@ -169,17 +175,18 @@ def trained(project: Path) -> Path:
 
 def test_stage_trains_offline_and_saves_a_new_encoder(project: Path, trained: Path) -> None:
     base = load_encoder(load_params(project).index.encoder, project.parent)
-    out = trained
-    assert (out / "model/model.safetensors").is_file()
+    out, paths = trained, load_params(project).paths
+    assert paths.retriever_model == out / "model"
+    assert (paths.retriever_model / "model.safetensors").is_file()
     assert not (out / "checkpoints").exists() and not list(out.rglob("pytorch_model.bin"))
-    tuned = SentenceTransformer(str(out / "model"), device="cpu", local_files_only=True)
+    tuned = SentenceTransformer(str(paths.retriever_model), device="cpu", local_files_only=True)
     metrics = json.loads((out / "train_metrics.json").read_text(encoding="utf-8"))
     assert encoder_fingerprint(tuned) == metrics["tuned_fingerprint"]
     assert encoder_fingerprint(tuned) != encoder_fingerprint(base) == metrics["base_fingerprint"]
     assert metrics["pairs"] == {"real": len(TRAIN) + 2, "synthetic": 1}
     assert metrics["steps"] > 0 and len(metrics["dev_history"]) == 2  # one dev score per epoch
     assert metrics["best_dev_ndcg@10"] == max(h["dev_ndcg@10"] for h in metrics["dev_history"])
-    positives = set(json.loads((out / "positives.json").read_text(encoding="utf-8")))
+    positives = set(json.loads(paths.retriever_positives.read_text(encoding="utf-8")))
     assert positives == {d for _, ds in TRAIN for d in ds} | {"orchard"}
 
 
@@ -187,12 +194,14 @@ def test_comparison_reports_five_systems_on_whole_and_unseen_subsets(
     project: Path, trained: Path
 ) -> None:
     tune_retrieval.main(project)
-    index.main(project, encoder=str(trained / "model"), out=project.parent / "index_tuned")
+    encoder = load_params(project).paths.retriever_model
+    index.main(project, encoder=str(encoder), out=project.parent / "index_tuned")
     tune_retrieval.main(project, index=project.parent / "index_tuned", out=project.parent / "tt")
     params = yaml.safe_load(project.read_text(encoding="utf-8"))
     params["paths"] |= {
         "index_tuned_dir": "index_tuned",
         "tune_retrieval_tuned_dir": "tt",
+        "fusion_tuned": "tt/fusion.json",
         "retriever_comparison_dir": "compare",
     }
     params["compare_retrievers"] |= {"split": "dev", "bootstrap_resamples": 200}
@@ -201,7 +210,8 @@ def test_comparison_reports_five_systems_on_whole_and_unseen_subsets(
 
     report = json.loads((project.parent / "compare/report.json").read_text(encoding="utf-8"))
     dev = read_qa(project.parent / "qa/dev.jsonl")
-    positives = set(json.loads((trained / "positives.json").read_text(encoding="utf-8")))
+    positives_file = load_params(project).paths.retriever_positives
+    positives = set(json.loads(positives_file.read_text(encoding="utf-8")))
     unseen = [r for r in dev if not set(r.doc_ids) & positives]
     assert "lighthouse" in positives and 0 < len(unseen) < len(dev)  # a seen and unseen mix
     assert report["dev"]["questions"] == len(dev)

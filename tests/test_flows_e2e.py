@@ -244,11 +244,12 @@ def test_first_run_runs_every_stage_registers_challengers_and_gates(
 def test_registered_bundle_serves_with_its_pinned_components(
     project: Path, client: MlflowClient, first_run: dict[str, Any]
 ) -> None:
-    root = project.parent
-    kb = (root / "data/dedup/docs.jsonl").read_text(encoding="utf-8").splitlines()
+    params = load_params(project)
+    paths = params.paths
+    kb = paths.retrieval_docs.read_text(encoding="utf-8").splitlines()
     kb_ids = {json.loads(line)["id"] for line in kb}
     # Move the stages' model folders away: the registered bundle must not need them.
-    local = [root / "data/finetune_retriever/model", root / "data/finetune_generator/model"]
+    local = [paths.retriever_model, paths.generator_model]
     for folder in local:
         folder.rename(folder.with_name("model.away"))
     try:
@@ -258,7 +259,7 @@ def test_registered_bundle_serves_with_its_pinned_components(
         for folder in local:
             folder.with_name("model.away").rename(folder)
     assert isinstance(answer["answer"], str)
-    top_k = load_params(project).generator.top_k
+    top_k = params.generator.top_k
     assert len(answer["sources"]) == top_k
     assert set(answer["retrieved"]) <= kb_ids
     assert answer["sources"] == answer["retrieved"][:top_k]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
+from tasks.lib.core.stats import paired_intervals
 from tasks.lib.generation.generator import (
     IGNORE_INDEX,
     AnswerOnlyCollator,
@@ -18,13 +19,7 @@ from tasks.lib.generation.generator import (
     item_prompt,
     truncate_to_tokens,
 )
-from tasks.lib.generation.metrics import (
-    exact_match,
-    paired_bootstrap,
-    rouge_l,
-    supported,
-    token_f1,
-)
+from tasks.lib.generation.metrics import exact_match, rouge_l, supported, token_f1
 from tests.tiny_generator import INSTRUCTIONS, items, make_tiny_generator, tiny_tokenizer
 
 LONG = Passage("Glacier", "A glacier is a slow river of ice formed from compacted snow")
@@ -145,10 +140,10 @@ def test_supported_means_the_answer_occurs_in_a_shown_passage() -> None:
     assert supported("", passages) == 0.0
 
 
-def test_paired_bootstrap_intervals_and_differences() -> None:
+def test_paired_intervals_and_differences() -> None:
     base = [0.0, 1.0] * 50
     tuned = [1.0] * 100
-    result = paired_bootstrap(
+    result = paired_intervals(
         {"base": base, "tuned": tuned},
         resamples=500,
         confidence=0.95,
@@ -161,4 +156,4 @@ def test_paired_bootstrap_intervals_and_differences() -> None:
     diff = result["tuned - base"]
     assert diff["mean"] == 0.5 and diff["low"] > 0.3
     with pytest.raises(ValueError, match="equal lengths"):
-        paired_bootstrap({"a": [1.0], "b": [1.0, 0.0]}, 100, 0.95, 0)
+        paired_intervals({"a": [1.0], "b": [1.0, 0.0]}, 100, 0.95, 0)

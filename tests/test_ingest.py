@@ -11,6 +11,7 @@ from tasks import ingest
 from tasks.lib.core.config import SplitParams
 from tasks.lib.core.io import InputError
 from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
+from tasks.lib.kb import sources
 from tests.projects import make_project
 
 
@@ -72,17 +73,17 @@ def test_shared_subquestion_merges_its_top_level_groups() -> None:
             ],
         },
     ]
-    records = ingest.qa_from_fanout(questions, {"China", "India"})
+    records = sources.qa_from_fanout(questions, {"China", "India"})
     assert [(r.id, r.group) for r in records] == [("s1", "t1"), ("s2", "t1")]
     assert records[1].answers == ["3"]
 
 
 def test_answer_strings_cover_fanout_types() -> None:
-    assert ingest.answer_strings(True) == ["yes"]
-    assert ingest.answer_strings(680000.0) == ["680000"]
-    assert ingest.answer_strings(2.5) == ["2.5"]
-    assert ingest.answer_strings(["a", "b"]) == ["a, b"]
-    assert ingest.answer_strings({"x": 1}) == ["x: 1"]
+    assert sources.answer_strings(True) == ["yes"]
+    assert sources.answer_strings(680000.0) == ["680000"]
+    assert sources.answer_strings(2.5) == ["2.5"]
+    assert sources.answer_strings(["a", "b"]) == ["a, b"]
+    assert sources.answer_strings({"x": 1}) == ["x: 1"]
 
 
 def test_split_by_group_keeps_groups_whole_and_follows_fractions() -> None:

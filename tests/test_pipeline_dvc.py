@@ -46,6 +46,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     kept = {name: stage for name, stage in stages.items() if name in FOUNDATION}
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": kept}, sort_keys=False), "utf-8")
     dvc(root, "init", "--no-scm", "-q")
+    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")  # folder code deps skip __pycache__
     dvc(root, "config", "core.analytics", "false")
     dvc(root, "config", "core.site_cache_dir", "site_cache")
     return root

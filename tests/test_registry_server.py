@@ -111,10 +111,10 @@ def write_round(params_file: Path, marker: str, f1: float, recall: float) -> Non
         "closed_book": {"answer_f1": 0.10, "exact_match": 0.05},
         "base_rag": {"answer_f1": 0.20, "exact_match": 0.1, "recall@10": 0.6, "ndcg_at_10": 0.4},
     }
-    metrics = project / params.register_.metrics_file
+    metrics = project / params.paths.evaluate_metrics
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.write_text(json.dumps(systems), "utf-8")
-    test_split = project / params.paths.dedup_dir / "qa" / "test.jsonl"
+    test_split = params.paths.retrieval_qa_dir / "test.jsonl"
     write_jsonl(test_split, [{"id": "q1", "question": "?", "answers": ["a"], "doc_ids": ["d"],
                              "group": "g"}])  # fmt: skip
 

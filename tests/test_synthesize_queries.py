@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from tasks import synthesize_queries as sq
+from tasks.lib.core.config import load_params
 from tasks.lib.core.records import Doc, QARecord
 from tests.fixtures_retrieval import repo_params
 
@@ -72,6 +73,7 @@ def test_stage_generates_nothing_when_the_retriever_does_not_use_synthetic_queri
     params = repo_params()
     params["paths"] |= {
         "synthetic_queries_dir": "synthetic",
+        "synthetic_queries": "synthetic/queries.jsonl",
         "generator_base_dir": "no/generator",
         "retrieval_docs": "no/docs.jsonl",
     }
@@ -82,5 +84,6 @@ def test_stage_generates_nothing_when_the_retriever_does_not_use_synthetic_queri
     params_file.write_text(yaml.safe_dump(params), encoding="utf-8")
     sq.main(params_file)
     out = tmp_path / "synthetic"
-    assert (out / sq.QUERIES_FILE).read_text() == (out / "rejected.jsonl").read_text() == ""
+    queries = load_params(params_file).paths.synthetic_queries
+    assert queries.read_text() == (out / "rejected.jsonl").read_text() == ""
     assert '"kept": 0' in (out / "metrics.json").read_text()

@@ -9,7 +9,7 @@ file), so the library receives absolute paths and never needs to know where the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -26,6 +26,9 @@ from pydantic import (
 from tasks.lib.core.io import InputError
 
 PROJECT_DIR = "project_dir"  # the validation context key: the folder holding params.yaml
+
+RetrievalMode = Literal["dense", "bm25", "hybrid"]  # hybrid: weighted RRF of the other two
+RETRIEVAL_MODES: tuple[RetrievalMode, ...] = get_args(RetrievalMode)
 
 
 class Section(BaseModel):
@@ -49,31 +52,71 @@ def _under(project: Path, value: Any) -> Any:
     return project / value if isinstance(value, Path) and not value.is_absolute() else value
 
 
+_INSIDE = {  # PathsParams entry -> the out folder of the stage that writes it
+    "generator_model": "generator_dir",
+    "fusion": "tune_retrieval_dir",
+    "synthetic_queries": "synthetic_queries_dir",
+    "retriever_model": "retriever_dir",
+    "retriever_positives": "retriever_dir",
+    "fusion_tuned": "tune_retrieval_tuned_dir",
+    "validate_summary": "validate_dir",
+    "generation_metrics": "generation_eval_dir",
+    "retriever_comparison_metrics": "retriever_comparison_dir",
+    "evaluate_metrics": "evaluate_dir",
+}
+
+
 class PathsParams(Section):
-    """Where each stage reads and writes; `dvc.yaml` interpolates the same values."""
+    """Where each stage reads and writes; `dvc.yaml` interpolates the same values.
+
+    A file or folder that a second stage reads has its own entry here, so its name is spelled
+    once; the stage that writes it does so inside its own (atomically replaced) out folder.
+    """
 
     kb_docs: Path
     qa_dir: Path
     validate_dir: Path
+    validate_summary: Path  # validate's summary (in validate_dir): dedup runs after it
     dedup_dir: Path
     kb_questions_dir: Path  # kb_questions -> {train,dev,heldout}.jsonl
     retrieved_contexts: Path  # retrieval side -> {"id", "doc_ids"} per question, best first
     generator_base_dir: Path  # prepare_generator -> transformers folder of the base generator
     generator_dir: Path  # finetune_generator -> model/ (merged), adapter/, train_metrics.json
+    generator_model: Path  # the merged tuned generator in generator_dir (evaluation, bundle)
     generation_eval_dir: Path  # evaluate_generation -> metrics.json, predictions, samples.md
-    retrieval_docs: Path  # the KB the retrieval stages index (dedup's docs.jsonl once it runs)
-    retrieval_qa_dir: Path  # the QA splits they tune and evaluate on (dedup's qa/ once it runs)
+    generation_metrics: Path  # its systems' scores (in generation_eval_dir): evaluate reads them
+    retrieval_docs: Path  # dedup's kept docs (in dedup_dir): the KB every later stage reads
+    retrieval_qa_dir: Path  # dedup's remapped QA splits (in dedup_dir): every later stage's QA
     embedding_cache: Path  # persistent embedding cache; never a dvc out (it must outlive reruns)
     index_dir: Path  # index -> faiss.index, bm25/, docs.jsonl, manifest.json (base encoder)
     tune_retrieval_dir: Path  # tune_retrieval -> fusion.json (the choice), grid.json
+    fusion: Path  # tune_retrieval's chosen fusion for the base index (in tune_retrieval_dir)
     retrieval_eval_dir: Path  # evaluate_retrieval -> metrics.json, report.*, recall_at_k_*.csv
     synthetic_queries_dir: Path  # synthesize_queries -> queries.jsonl, rejected.jsonl, metrics.json
-    retriever_dir: Path  # finetune_retriever -> model/ (safetensors), train_metrics.json
-    index_tuned_dir: Path  # index --encoder <retriever_dir>/model -> the tuned encoder's index
+    synthetic_queries: Path  # its kept questions (in synthetic_queries_dir): finetune_retriever
+    retriever_dir: Path  # finetune_retriever -> model/, train_metrics.json, positives.json
+    retriever_model: Path  # the tuned encoder folder in retriever_dir (index_tuned, bundle)
+    retriever_positives: Path  # doc ids training saw as positives (in retriever_dir)
+    index_tuned_dir: Path  # index --encoder <retriever_model> -> the tuned encoder's index
     tune_retrieval_tuned_dir: Path  # tune_retrieval on the tuned index -> fusion.json
+    fusion_tuned: Path  # the fusion re-tuned for the tuned index (in tune_retrieval_tuned_dir)
     retriever_comparison_dir: Path  # compare_retrievers -> metrics.json, report.{json,md}
+    retriever_comparison_metrics: Path  # its systems (in retriever_comparison_dir): evaluate
     bundle_dir: Path  # bundle -> the RAG system as an MLflow pyfunc model folder
-    evaluate_dir: Path  # evaluate -> metrics.json ({system: {metric}}, the gate's input), report.md
+    evaluate_dir: Path  # evaluate -> metrics.json, predictions.jsonl, report.md
+    evaluate_metrics: Path  # {system: {metric}} (in evaluate_dir): the gate's input
+
+    @field_validator(*_INSIDE, mode="after")
+    @classmethod
+    def _inside_its_stage_out(cls, value: Path, info: ValidationInfo) -> Path:
+        """Its stage writes it inside its one out folder (declared above it), so it lies there."""
+        folder_key = _INSIDE[str(info.field_name)]
+        folder = info.data.get(folder_key)  # absent when the folder itself was invalid
+        project = (info.context or {}).get(PROJECT_DIR, Path())
+        inside = folder is None or _under(project, value).is_relative_to(_under(project, folder))
+        if not inside:
+            raise ValueError(f"must be inside paths.{folder_key} ({folder})")
+        return value
 
 
 class SplitParams(Section):
@@ -154,7 +197,6 @@ class GateParams(Section):
 class RegisterParams(Section):
     models: dict[str, Path]  # registered model name -> folder a stage wrote
     judged: str = Field(min_length=1)  # the model the gate promotes (the RAG bundle)
-    metrics_file: Path  # evaluate's {system: {metric: value}} on the test split
     decision_file: Path  # the gate's decision and its numbers
     gate: GateParams
 
@@ -230,7 +272,7 @@ class FinetuneGeneratorParams(Section):
 
 
 class RetrieveContextsParams(Section):
-    mode: Literal["dense", "bm25", "hybrid"]
+    mode: RetrievalMode
     k: int = Field(ge=1, le=100)  # ids kept per question (the generator reads its top_k)
 
 
@@ -300,10 +342,10 @@ class TuneRetrievalParams(Section):
     rrf_k: list[float] = Field(min_length=1)
     dense_weight: list[float] = Field(min_length=1)  # bm25_weight = 1 - dense_weight
     # fusion is kept only when its paired-bootstrap dev gain over dense alone excludes zero
-    require_gain: bool = True
-    confidence: float = Field(0.9, gt=0, lt=1)
-    bootstrap_resamples: int = Field(1000, ge=100)
-    seed: int = 0
+    require_gain: bool
+    confidence: float = Field(gt=0, lt=1)
+    bootstrap_resamples: int = Field(ge=100)
+    seed: int
 
     @model_validator(mode="after")
     def _weights_are_shares(self) -> TuneRetrievalParams:
@@ -385,7 +427,7 @@ class CompareRetrieversParams(Section):
 class BundleParams(Section):
     retriever_model: str  # registered names of the components the bundle pins
     generator_model: str
-    mode: Literal["dense", "bm25", "hybrid"]
+    mode: RetrievalMode
     depth: int = Field(ge=1, le=100)  # doc ids ranked per question (retrieval metrics read them)
     batch_size: int = Field(ge=1)  # questions generated together
 

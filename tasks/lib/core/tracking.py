@@ -4,8 +4,8 @@ A pipeline run is one MLflow parent run (opened by the Prefect flow) with one ne
 stage. Stages run as `dvc repro` subprocesses, so the parent's id reaches them through the
 environment (`RAGLOOP_PARENT_RUN_ID`); a stage run alone under `dvc repro` opens a run of its own.
 
-mlflow is imported inside the functions, never at module level: importing it costs ~1.6 s and
-opening a sqlite store ~1 s more, which a stage with `tracking.enabled: false` should not pay.
+mlflow is imported inside the functions, never at module level: importing it and opening its
+store are slow, and a stage with `tracking.enabled: false` should not pay for either.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 step-indexed metrics of the stage's run, so the MLflow UI charts them and compares runs.
 
 Written instead of transformers' `MLFlowCallback` because that one also logs every
-`TrainingArguments` field as a param (~150 of them, next to the stage's own params section) and
+`TrainingArguments` field as a param (all of them, next to the stage's own params section) and
 may end or start runs itself; here the stage's `stage_run` owns the run.
 """
 

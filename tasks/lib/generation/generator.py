@@ -141,7 +141,7 @@ class AnswerOnlyCollator:
 
     With left padding every answer ends at the last position, so the lm_head (a 576 x 49k matrix
     for SmolLM2) and the softmax run only over the last `logits_to_keep` positions instead of the
-    whole ~350-token prompt; labels are cut to the same window. The model's loss shifts labels by
+    whole prompt; labels are cut to the same window. The model's loss shifts labels by
     one inside that window, so the window starts one token before the first answer token.
     Attention is unaffected: RoPE only sees relative positions and pads are masked.
     """

@@ -1,4 +1,4 @@
-"""Retrieval metrics through ranx, plus a bootstrap interval over queries.
+"""Retrieval metrics through ranx.
 
 Shared by `tune_retrieval` and `evaluate_retrieval` so both score rankings the same way.
 Metric names are ranx's: `recall@10`, `precision@5`, `mrr@10`, `ndcg@10`, ...
@@ -46,9 +46,8 @@ def score_rankings(
 ) -> dict[str, np.ndarray]:
     """metric -> per-question scores of these rankings, checked against a plain recall count.
 
-    The check exists because one run here returned BM25 nDCG@10 0.09 for rankings that score
-    0.675 in every rerun, with no error. The cause was not found (suspect: ranx's numba code
-    loaded from an on-disk cache that concurrent processes share); a wrong metric must fail.
+    ranx scores in numba-compiled code that is cached on disk and shared by concurrent
+    processes; should that code ever score wrongly, the stage must fail, not report the number.
     """
     depth = max(len(ids) for ids in ranked_ids) or 1
     check = f"recall@{depth}"
@@ -65,30 +64,3 @@ def score_rankings(
             f"(ranx's __pycache__/*.nbi, *.nbc) and rerun"
         )
     return {name: scores[name] for name in metrics}
-
-
-def bootstrap_interval(
-    values: np.ndarray, samples: int, confidence: float, seed: int
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean, resampling questions with replacement.
-
-    The same seed draws the same resamples for every system, so intervals of systems scored on
-    the same questions are paired.
-    """
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(values), size=(samples, len(values)))
-    means = values[picks].mean(axis=1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
-
-
-def summarize(
-    scores: dict[str, np.ndarray], samples: int, confidence: float, seed: int
-) -> dict[str, dict[str, float]]:
-    """metric -> {mean, low, high}."""
-    summary = {}
-    for name, values in scores.items():
-        low, high = bootstrap_interval(values, samples, confidence, seed)
-        summary[name] = {"mean": float(values.mean()), "low": low, "high": high}
-    return summary

@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, overload
 
 import bm25s
 import faiss
@@ -29,7 +29,13 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
-from tasks.lib.core.config import FaissParams, Params, RetrievalParams
+from tasks.lib.core.config import (
+    RETRIEVAL_MODES,
+    FaissParams,
+    Params,
+    RetrievalMode,
+    RetrievalParams,
+)
 from tasks.lib.core.io import InputError, read_text
 from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
 from tasks.lib.retrieval.index_store import (
@@ -41,9 +47,7 @@ from tasks.lib.retrieval.index_store import (
     bm25_tokenize,
 )
 
-Mode = Literal["dense", "bm25", "hybrid"]
-MODES: tuple[Mode, ...] = ("dense", "bm25", "hybrid")
-FUSION_FILE = "fusion.json"  # tune_retrieval's choice, in paths.tune_retrieval_dir
+FUSION_FILE = "fusion.json"  # what tune_retrieval writes in --out: paths.fusion, fusion_tuned
 Ranking = list[tuple[int, float]]  # (row in the index, score), best first
 FEW_QUERIES = 32  # up to one encoder batch: searched on one thread (see `one_thread`)
 
@@ -101,8 +105,7 @@ def one_thread(active: bool = True) -> Iterator[None]:
 
     A few queries are small work: one thread answers faster than two, whose OpenMP barriers
     (torch's and faiss's, in one process) stall whenever another process wants the CPU.
-    Measured here on a busy 2-core box, p50 for one query: 13-22 ms with one thread, 86-514 ms
-    with two. Big batches (evaluation, hard-negative mining) keep the process's threads.
+    Big batches (evaluation, hard-negative mining) keep the process's threads.
     """
     if not active:
         yield
@@ -119,7 +122,7 @@ def one_thread(active: bool = True) -> Iterator[None]:
 
 def load_fusion(params: Params) -> tuple[Fusion, str]:
     """tune_retrieval's choice when it exists, else the `retrieval` defaults; and which it was."""
-    tuned = params.paths.tune_retrieval_dir / FUSION_FILE
+    tuned = params.paths.fusion
     if tuned.exists():
         return Fusion.from_file(tuned), str(tuned)
     return Fusion.from_params(params.retrieval), "params.yaml retrieval (untuned)"
@@ -188,8 +191,7 @@ class Retriever:
     @classmethod
     def tuned(cls, params: Params) -> Retriever:
         """The RAG system's retriever: the tuned encoder's index with the fusion re-tuned for it."""
-        fusion_file = params.paths.tune_retrieval_tuned_dir / FUSION_FILE
-        fusion = Fusion.from_file(fusion_file)
+        fusion = Fusion.from_file(params.paths.fusion_tuned)
         return cls.load(params.paths.index_tuned_dir, fusion, base=params.project_dir)
 
     def dense(self, queries: list[str], depth: int) -> list[Ranking]:
@@ -222,7 +224,7 @@ class Retriever:
         return [fuse_rankings(d, s, fusion)[:depth] for d, s in zip(dense, sparse, strict=True)]
 
     def rankings(
-        self, queries: list[str], depth: int, mode: Mode, fusion: Fusion | None = None
+        self, queries: list[str], depth: int, mode: RetrievalMode, fusion: Fusion | None = None
     ) -> list[Ranking]:
         if mode == "dense":
             return self.dense(queries, depth)
@@ -230,21 +232,25 @@ class Retriever:
             return self.bm25(queries, depth)
         if mode == "hybrid":
             return self.hybrid(queries, depth, fusion)
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"mode must be one of {RETRIEVAL_MODES}, got {mode!r}")
 
     @overload
     def search(
-        self, queries: str, k: int = ..., mode: Mode = ..., fusion: Fusion | None = ...
+        self, queries: str, k: int = ..., mode: RetrievalMode = ..., fusion: Fusion | None = ...
     ) -> list[Hit]: ...
     @overload
     def search(
-        self, queries: list[str], k: int = ..., mode: Mode = ..., fusion: Fusion | None = ...
+        self,
+        queries: list[str],
+        k: int = ...,
+        mode: RetrievalMode = ...,
+        fusion: Fusion | None = ...,
     ) -> list[list[Hit]]: ...
     def search(
         self,
         queries: str | list[str],
         k: int = 10,
-        mode: Mode = "hybrid",
+        mode: RetrievalMode = "hybrid",
         fusion: Fusion | None = None,
     ) -> list[Hit] | list[list[Hit]]:
         """Top-k hits (id, title, score, text) for one query, or a list of them per query."""
