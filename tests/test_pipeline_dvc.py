@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.projects import REPO, make_project
+from tests.support.projects import REPO, make_project
 
 FOUNDATION = ("ingest", "validate", "dedup")
 

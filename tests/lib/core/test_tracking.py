@@ -8,7 +8,6 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from mlflow import MlflowClient
 
 from tasks.lib.core.config import load_params
 from tasks.lib.core.tracking import (
@@ -21,7 +20,7 @@ from tasks.lib.core.tracking import (
     stage_run,
     tracking_uri,
 )
-from tests.projects import make_project
+from tests.support.projects import make_project, project_mlflow_client
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +34,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _no_outside_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
-
-
-def client_for(params_file: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri(load_params(params_file)))
+def _project_store(project_mlflow_store: None) -> None:
+    """Every test here reads and writes the test project's own MLflow store."""
 
 
 def test_uri_env_beats_params_beats_project_default(
@@ -95,7 +89,7 @@ def test_stage_run_alone_logs_params_tags_metrics_artifacts(project: Path) -> No
         run.log_metrics({"docs_in": 9, "nested": {"ratio": 0.5}, "note": "skipped"})
         run.log_artifact(report)
         run.log_artifact(project.parent / "my_kb")
-    logged = client_for(project).get_run(run.run_id)
+    logged = project_mlflow_client(project).get_run(run.run_id)
     assert logged.info.status == "FINISHED"
     assert logged.data.params["dedup.threshold"] == "0.8"
     assert logged.data.metrics == {"docs_in": 9.0, "nested.ratio": 0.5}
@@ -105,13 +99,13 @@ def test_stage_run_alone_logs_params_tags_metrics_artifacts(project: Path) -> No
     assert tags["kb_docs_sha256"] == kb_docs_digest(docs)
     # Artifacts land beside the store, not in ./mlruns of the working directory.
     assert logged.info.artifact_uri.startswith((project.parent / "mlartifacts").resolve().as_uri())
-    names = {a.path for a in client_for(project).list_artifacts(run.run_id)}
+    names = {a.path for a in project_mlflow_client(project).list_artifacts(run.run_id)}
     assert names == {"report.json", "my_kb"}
 
 
 def test_stage_run_nests_under_parent_from_env_and_fails_loudly(project: Path) -> None:
     """What a `dvc repro` subprocess started by the flow sees: only the env var."""
-    client = client_for(project)
+    client = project_mlflow_client(project)
     experiment = client.get_experiment_by_name(load_params(project).tracking.experiment)
     parent = client.create_run(experiment.experiment_id, run_name="pipeline")
     os.environ[PARENT_RUN_ENV] = parent.info.run_id
@@ -138,7 +132,7 @@ def test_pipeline_run_is_parent_of_stage_runs_and_cleans_env(project: Path) -> N
             pass
     assert PARENT_RUN_ENV not in os.environ
     assert mlflow.active_run() is None
-    client = client_for(project)
+    client = project_mlflow_client(project)
     assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
     assert client.get_run(parent.run_id).data.tags["prefect.flow_run_id"] == "f-1"
 

@@ -19,7 +19,7 @@ from tasks.lib.core.records import QARecord
 from tasks.lib.core.stats import bootstrap_interval
 from tasks.lib.retrieval import metrics as retrieval_metrics
 from tasks.lib.retrieval.metrics import score_rankings
-from tests.fixtures_retrieval import make_retrieval_project, make_tiny_encoder
+from tests.support.retrieval import make_retrieval_project, make_tiny_encoder
 
 METRICS = ["recall@1", "recall@5", "precision@5", "mrr@10", "ndcg@10"]
 

@@ -33,7 +33,7 @@ from tasks.lib.serving.registry import (
     rollback,
     status,
 )
-from tests.projects import make_project, write_jsonl
+from tests.support.projects import make_project, write_jsonl
 
 SERVER_START_TIMEOUT = 90  # seconds; it answers /health after ~10 s on 2 cores
 

@@ -19,8 +19,8 @@ from tasks.lib.retrieval.index_store import build_index
 from tasks.lib.retrieval.retriever import EncoderMismatchError, Fusion, Retriever
 from tasks.lib.serving.bundle import components_spec, is_bundle, pin_components, save_bundle
 from tasks.lib.serving.registry import register_models
-from tests.fixtures_retrieval import make_tiny_encoder, tiny_docs, tiny_index_params
-from tests.tiny_generator import INSTRUCTIONS, make_tiny_generator
+from tests.support.retrieval import make_tiny_encoder, tiny_docs, tiny_index_params
+from tests.support.tiny_generator import INSTRUCTIONS, make_tiny_generator
 
 GENERATOR = GeneratorParams(top_k=2, passage_tokens=12, max_new_tokens=4, instructions=INSTRUCTIONS)
 SERVING = BundleParams(

@@ -20,14 +20,9 @@ from tasks.lib.generation.generator import (
     truncate_to_tokens,
 )
 from tasks.lib.generation.metrics import exact_match, rouge_l, supported, token_f1
-from tests.tiny_generator import INSTRUCTIONS, items, make_tiny_generator, tiny_tokenizer
+from tests.support.tiny_generator import INSTRUCTIONS, items, tiny_tokenizer
 
 LONG = Passage("Glacier", "A glacier is a slow river of ice formed from compacted snow")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_generator(tmp_path_factory.mktemp("tiny") / "generator")
 
 
 def test_truncation_cuts_on_a_token_boundary_within_budget() -> None:
@@ -85,10 +80,10 @@ def test_labels_cover_only_the_answer_and_its_eos() -> None:
     ]
 
 
-def test_answer_only_collator_gives_the_full_sequence_loss(tiny_dir: Path) -> None:
+def test_answer_only_collator_gives_the_full_sequence_loss(tiny_generator_dir: Path) -> None:
     """Left padding + logits on the answer window must not change the loss."""
     tokenizer = tiny_tokenizer()
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_generator_dir, dtype=torch.float32).eval()
     features = [
         encode_example(
             tokenizer, item_prompt(item, tokenizer, INSTRUCTIONS, 12, 2), item.answers[0]
@@ -104,9 +99,9 @@ def test_answer_only_collator_gives_the_full_sequence_loss(tiny_dir: Path) -> No
         assert model(**trimmed).loss == pytest.approx(float(model(**full).loss), abs=1e-4)
 
 
-def test_batched_generation_matches_one_by_one(tiny_dir: Path) -> None:
+def test_batched_generation_matches_one_by_one(tiny_generator_dir: Path) -> None:
     tokenizer = tiny_tokenizer()
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_generator_dir, dtype=torch.float32).eval()
     prompts = [item_prompt(item, tokenizer, INSTRUCTIONS, 12, 2) for item in items()]
     batched = generate_answers(model, tokenizer, prompts, batch_size=3, max_new_tokens=5)
     single = [generate_answers(model, tokenizer, [p], 1, 5)[0] for p in prompts]

@@ -12,7 +12,7 @@ from tasks.lib.core.config import SplitParams
 from tasks.lib.core.io import InputError
 from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
 from tasks.lib.kb import sources
-from tests.projects import make_project
+from tests.support.projects import make_project
 
 
 def test_packaged_default_builds_kb_and_leak_free_splits(tmp_path: Path) -> None:

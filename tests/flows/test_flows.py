@@ -11,23 +11,19 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
 import pytest
 import yaml
-from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.kb_state import STATE_FILE, source_fingerprint
 from flows.retrain import pipeline_stages
 from flows.watch import watch
 from tasks.lib.core.config import load_params
-from tasks.lib.core.tracking import PARENT_RUN_ENV, tracking_uri
-from tests.projects import REPO, make_project
+from tests.support.projects import REPO, make_project, project_mlflow_client
 
 FOUNDATION = ("ingest", "validate", "dedup")
 PROBE = '''"""A stage that exists only in this test project: it logs dedup's metrics."""
@@ -44,10 +40,8 @@ with stage_run("probe", load_params(Path("params.yaml"))) as run:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def harness() -> Iterator[None]:
-    """A temporary Prefect API for the module (~10 s to start, so once)."""
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def _prefect(prefect_api: None) -> None:
+    """Every flow here runs on the session's temporary Prefect API."""
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +72,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _local_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
-
-
-def mlflow_client(params_file: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri(load_params(params_file)))
+def _project_store(project_mlflow_store: None) -> None:
+    """Every test here reads and writes the test project's own MLflow store."""
 
 
 def parent_runs(params_file: Path) -> list:
-    client = mlflow_client(params_file)
+    client = project_mlflow_client(params_file)
     experiment = client.get_experiment_by_name(load_params(params_file).tracking.experiment)
     return client.search_runs([experiment.experiment_id], "tags.stage = 'pipeline'")
 
@@ -106,7 +95,7 @@ def test_watch_retrains_a_new_kb_end_to_end_then_rests(project: Path) -> None:
     assert json.loads((root / "data/dedup/metrics.json").read_text())["docs_out"] == 9
 
     # MLflow and Prefect point at each other; the probe stage nested under the parent run.
-    client = mlflow_client(project)
+    client = project_mlflow_client(project)
     parent = client.get_run(retrain["mlflow_run_id"])
     assert parent.data.tags["prefect.flow_run_id"] == retrain["flow_run_id"]
     assert parent.data.tags["stages_ran"] == "ingest,validate,dedup,probe"

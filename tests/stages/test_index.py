@@ -15,18 +15,12 @@ from tasks.lib.core.io import InputError
 from tasks.lib.retrieval.embedding_cache import EmbeddingCache
 from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
 from tasks.lib.retrieval.index_store import FAISS_FILE, MANIFEST_FILE, build_index, kb_content_hash
-from tests.fixtures_retrieval import make_tiny_encoder, tiny_docs, tiny_index_params
+from tests.support.retrieval import tiny_docs, tiny_index_params
 
 
 @pytest.fixture(scope="module")
-def encoders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("encoders")
-    return make_tiny_encoder(folder, seed=0), make_tiny_encoder(folder, seed=1)
-
-
-@pytest.fixture(scope="module")
-def model(encoders: tuple[Path, Path]) -> SentenceTransformer:
-    return load_encoder(str(encoders[0]), Path())
+def model(tiny_encoders: tuple[Path, Path]) -> SentenceTransformer:
+    return load_encoder(str(tiny_encoders[0]), Path())
 
 
 def vectors_of(index_dir: Path) -> np.ndarray:
@@ -62,10 +56,10 @@ def test_kb_update_re_embeds_only_new_and_changed_docs(tmp_path: Path, model) ->
     )
 
 
-def test_the_cache_is_keyed_by_encoder(tmp_path: Path, encoders) -> None:
+def test_the_cache_is_keyed_by_encoder(tmp_path: Path, tiny_encoders) -> None:
     params, docs = tiny_index_params(), tiny_docs()
     with EmbeddingCache(tmp_path / "cache") as cache:
-        for encoder in encoders:
+        for encoder in tiny_encoders:
             model = load_encoder(str(encoder), Path())
             _, stats = build_index(
                 docs, model, "tiny", cache, params, tmp_path / "i", progress=False
@@ -74,12 +68,12 @@ def test_the_cache_is_keyed_by_encoder(tmp_path: Path, encoders) -> None:
             assert cache.count(encoder_fingerprint(model)) == 24
 
 
-def test_manifest_pins_encoder_and_kb(tmp_path: Path, model, encoders) -> None:
+def test_manifest_pins_encoder_and_kb(tmp_path: Path, model, tiny_encoders) -> None:
     with EmbeddingCache(tmp_path / "cache") as cache:
         build_index(
             tiny_docs(),
             model,
-            str(encoders[0]),
+            str(tiny_encoders[0]),
             cache,
             tiny_index_params(),
             tmp_path,
@@ -87,7 +81,7 @@ def test_manifest_pins_encoder_and_kb(tmp_path: Path, model, encoders) -> None:
         )
     manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
     assert manifest["encoder"] == {
-        "id": str(encoders[0]),
+        "id": str(tiny_encoders[0]),
         "fingerprint": encoder_fingerprint(model),
         "dimension": 32,
         "max_seq_length": 64,
@@ -104,13 +98,13 @@ def test_kb_content_hash_follows_content_not_order_or_source() -> None:
     assert kb_content_hash([docs[0].model_copy(update={"text": "changed"}), *docs[1:]]) != base
 
 
-def test_encoder_fingerprint_follows_weights_not_location(tmp_path: Path, encoders) -> None:
-    first = encoder_fingerprint(load_encoder(str(encoders[0]), Path()))
-    copy = shutil.copytree(encoders[0], tmp_path / "copy")
+def test_encoder_fingerprint_follows_weights_not_location(tmp_path: Path, tiny_encoders) -> None:
+    first = encoder_fingerprint(load_encoder(str(tiny_encoders[0]), Path()))
+    copy = shutil.copytree(tiny_encoders[0], tmp_path / "copy")
     model = load_encoder(str(copy), Path())
     model.encode(["tokenizer calls leave padding and truncation state behind"])
     assert encoder_fingerprint(model) == first
-    assert encoder_fingerprint(load_encoder(str(encoders[1]), Path())) != first
+    assert encoder_fingerprint(load_encoder(str(tiny_encoders[1]), Path())) != first
     model.max_seq_length = 16  # truncation changes embeddings, so it changes the fingerprint
     assert encoder_fingerprint(model) != first
 

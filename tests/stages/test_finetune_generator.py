@@ -31,7 +31,7 @@ from tasks.lib.core.io import InputError
 from tasks.lib.core.records import Doc, QARecord
 from tasks.lib.generation.data import generation_items, with_gold
 from tasks.lib.generation.generator import generate_answers, item_prompt
-from tests.tiny_generator import INSTRUCTIONS, items, make_tiny_generator, tiny_tokenizer
+from tests.support.tiny_generator import INSTRUCTIONS, items, make_tiny_generator, tiny_tokenizer
 
 GENERATOR = GeneratorParams(top_k=2, passage_tokens=12, max_new_tokens=6, instructions=INSTRUCTIONS)
 

@@ -11,7 +11,7 @@ import yaml
 
 from tasks import dedup, ingest
 from tasks.lib.core.io import run_stage
-from tests.projects import make_project
+from tests.support.projects import make_project
 
 
 def outputs_snapshot(root: Path) -> dict[str, bytes]:

@@ -22,7 +22,7 @@ from tasks.lib.core.config import IndexParams
 from tasks.lib.core.io import write_jsonl
 from tasks.lib.core.records import Doc
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HIDDEN = 32
 
 TOPICS = [

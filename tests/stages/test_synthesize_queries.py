@@ -10,7 +10,7 @@ import yaml
 from tasks import synthesize_queries as sq
 from tasks.lib.core.config import load_params
 from tasks.lib.core.records import Doc, QARecord
-from tests.fixtures_retrieval import repo_params
+from tests.support.retrieval import repo_params
 
 
 def doc(doc_id: str) -> Doc:

@@ -9,7 +9,7 @@ from pathlib import Path
 from tasks import dedup, ingest
 from tasks.lib.core.config import DedupParams, load_params
 from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
-from tests.projects import make_project, write_jsonl
+from tests.support.projects import make_project, write_jsonl
 
 PARAMS = DedupParams(threshold=0.8, num_perm=128, shingle_size=3, seed=1)
 BASE = (

@@ -18,7 +18,7 @@ from tasks.lib.core.io import InputError, run_stage, write_jsonl
 from tasks.lib.core.records import Doc, QARecord
 from tasks.validate import control_char_share, main, qa_frame, validate
 
-PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
+PARAMS_FILE = Path(__file__).resolve().parents[2] / "params.yaml"
 Splits = dict[str, list[QARecord]]
 
 

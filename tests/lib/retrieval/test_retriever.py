@@ -13,26 +13,20 @@ from tasks.lib.retrieval.embedding_cache import EmbeddingCache
 from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
 from tasks.lib.retrieval.index_store import build_index
 from tasks.lib.retrieval.retriever import EncoderMismatchError, Fusion, Hit, Retriever, weighted_rrf
-from tests.fixtures_retrieval import make_tiny_encoder, tiny_docs, tiny_index_params
+from tests.support.retrieval import tiny_docs, tiny_index_params
 
 FUSION = Fusion(rrf_k=60, dense_weight=0.7, bm25_weight=0.3, candidates=10)
 
 
 @pytest.fixture(scope="module")
-def encoders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("encoders")
-    return make_tiny_encoder(folder, seed=0), make_tiny_encoder(folder, seed=1)
-
-
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory: pytest.TempPathFactory, encoders) -> Path:
+def index_dir(tmp_path_factory: pytest.TempPathFactory, tiny_encoders) -> Path:
     folder = tmp_path_factory.mktemp("index")
-    model = load_encoder(str(encoders[0]), Path())
+    model = load_encoder(str(tiny_encoders[0]), Path())
     with EmbeddingCache(folder / "cache") as cache:
         build_index(
             tiny_docs(),
             model,
-            str(encoders[0]),
+            str(tiny_encoders[0]),
             cache,
             tiny_index_params(),
             folder / "index",
@@ -47,17 +41,17 @@ def retriever(index_dir: Path) -> Retriever:
 
 
 def test_loading_with_another_encoder_is_refused_naming_both_fingerprints(
-    index_dir, encoders
+    index_dir, tiny_encoders
 ) -> None:
-    built_with = encoder_fingerprint(load_encoder(str(encoders[0]), Path()))
-    other = encoder_fingerprint(load_encoder(str(encoders[1]), Path()))
+    built_with = encoder_fingerprint(load_encoder(str(tiny_encoders[0]), Path()))
+    other = encoder_fingerprint(load_encoder(str(tiny_encoders[1]), Path()))
     with pytest.raises(EncoderMismatchError) as refused:
-        Retriever.load(index_dir, FUSION, encoder=str(encoders[1]))
+        Retriever.load(index_dir, FUSION, encoder=str(tiny_encoders[1]))
     assert built_with in str(refused.value) and other in str(refused.value)
 
 
-def test_loading_with_the_same_weights_elsewhere_is_accepted(index_dir, encoders) -> None:
-    model = load_encoder(str(encoders[0]), Path())
+def test_loading_with_the_same_weights_elsewhere_is_accepted(index_dir, tiny_encoders) -> None:
+    model = load_encoder(str(tiny_encoders[0]), Path())
     assert Retriever.load(index_dir, FUSION, encoder=model).search("rings", k=1, mode="dense")
 
 

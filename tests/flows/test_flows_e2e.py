@@ -22,16 +22,15 @@ import mlflow
 import pytest
 import yaml
 from mlflow import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.retrain import retrain
 from flows.watch import watch
 from tasks.lib.core.config import load_params
 from tasks.lib.core.tracking import PARENT_RUN_ENV, tracking_uri
 from tasks.lib.serving.registry import CHALLENGER, CHAMPION, aliases
-from tests.fixtures_retrieval import TOPICS, make_tiny_encoder, tiny_qa
-from tests.projects import REPO, make_project, write_jsonl
-from tests.tiny_generator import make_tiny_generator
+from tests.support.projects import REPO, make_project, write_jsonl
+from tests.support.retrieval import TOPICS, make_tiny_encoder, tiny_qa
+from tests.support.tiny_generator import make_tiny_generator
 
 MODELS = ("ragloop-retriever", "ragloop-generator", "ragloop-rag")
 RAG = "ragloop-rag"
@@ -137,10 +136,10 @@ def make_e2e_project(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def harness() -> Iterator[None]:
-    """A temporary Prefect API for the module (~10 s to start, so once), and the project's own
-    MLflow store whatever the shell exported."""
-    with pytest.MonkeyPatch.context() as env, prefect_test_harness(server_startup_timeout=120):
+def harness(prefect_api: None) -> Iterator[None]:
+    """The session's temporary Prefect API, and the project's own MLflow store whatever the
+    shell exported."""
+    with pytest.MonkeyPatch.context() as env:
         env.delenv("MLFLOW_TRACKING_URI", raising=False)
         env.delenv(PARENT_RUN_ENV, raising=False)
         yield

@@ -20,7 +20,7 @@ from tasks.lib.core.records import QARecord, read_qa
 from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
 from tasks.lib.retrieval.index_store import passage_text
 from tasks.lib.retrieval.retriever import Fusion, Retriever
-from tests.fixtures_retrieval import make_retrieval_project, make_tiny_encoder, tiny_docs
+from tests.support.retrieval import make_retrieval_project, make_tiny_encoder, tiny_docs
 
 TRAIN = [
     ("What is brewed from cured leaves?", ["tea"]),

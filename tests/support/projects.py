@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+REPO = Path(__file__).resolve().parents[2]
 
 TOPICS = [
     ("Widget", "The widget is a small blue device that measures river levels every hour."),
@@ -94,3 +97,13 @@ def make_project(
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return params_file
+
+
+def project_mlflow_client(params_file: Path) -> MlflowClient:
+    """A client on the store the project's params point at (its sqlite file by default)."""
+    from mlflow import MlflowClient
+
+    from tasks.lib.core.config import load_params
+    from tasks.lib.core.tracking import tracking_uri
+
+    return MlflowClient(tracking_uri(load_params(params_file)))
