@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,16 +29,25 @@ def _root() -> None:
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="the project's params.yaml")
 
 
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """A user-fixable error (bad params, a refused registry request) is one line and exit 1."""
+    from tasks.lib.core.io import InputError
+    from tasks.lib.serving.registry import RegistryError
+
+    try:
+        yield
+    except (InputError, RegistryError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+
+
 def _load(params_file: Path) -> Params:
     """The project's params, or a clear error and exit 1."""
     from tasks.lib.core.config import load_params
-    from tasks.lib.core.io import InputError
 
-    try:
+    with _user_errors():
         return load_params(params_file)
-    except InputError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from err
 
 
 @app.command()
@@ -46,16 +57,13 @@ def promote(
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Make a version the champion by hand (the gate is bypassed; the old one stays restorable)."""
-    from tasks.lib.serving.registry import RegistryError, registry_client
     from tasks.lib.serving.registry import promote as promote_version
+    from tasks.lib.serving.registry import registry_client
 
     settings = _load(params)
     name = model or settings.register_.judged
-    try:
+    with _user_errors():
         replaced = promote_version(registry_client(settings), name, version, by="manual")
-    except RegistryError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from err
     typer.echo(f"{name}: v{version} is champion" + (f" (was v{replaced})" if replaced else ""))
 
 
@@ -65,16 +73,13 @@ def rollback(
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Put the previous champion back."""
-    from tasks.lib.serving.registry import RegistryError, registry_client
+    from tasks.lib.serving.registry import registry_client
     from tasks.lib.serving.registry import rollback as rollback_model
 
     settings = _load(params)
     name = model or settings.register_.judged
-    try:
+    with _user_errors():
         retired, restored = rollback_model(registry_client(settings), name)
-    except RegistryError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from err
     typer.echo(f"{name}: v{restored} is champion again (v{retired} retired)")
 
 
@@ -185,21 +190,17 @@ def search(
     from rich.table import Table
 
     from tasks.lib.core.config import RETRIEVAL_MODES
-    from tasks.lib.core.io import InputError
     from tasks.lib.retrieval.retriever import Retriever, load_fusion
 
     if mode not in RETRIEVAL_MODES:
         raise typer.BadParameter(
             f"must be one of {', '.join(RETRIEVAL_MODES)}", param_hint="--mode"
         )
-    try:
-        settings = _load(params)
+    settings = _load(params)
+    with _user_errors():
         fusion, fusion_source = load_fusion(settings)
         folder = index or settings.paths.index_dir
         retriever = Retriever.load(folder, fusion, base=settings.project_dir)
-    except InputError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from err
     hits = retriever.search(query, k=k, mode=mode)  # type: ignore[arg-type]
     table = Table("#", "title", "score", "snippet", title=f"{mode}: {query}")
     for rank, hit in enumerate(hits, start=1):
