@@ -207,7 +207,8 @@ def test_first_run_runs_every_stage_registers_challengers_and_gates(
     for name in MODELS:
         assert aliases(client, name)[CHALLENGER] == "1"
         assert client.get_model_version(name, "1").run_id == register_run.info.run_id
-    assert client.get_model_version(RAG, "1").tags == {
+    rag_tags = client.get_model_version(RAG, "1").tags
+    assert {k: v for k, v in rag_tags.items() if k.startswith("pin.")} == {
         "pin.ragloop-retriever": "1",
         "pin.ragloop-generator": "1",
     }
@@ -224,9 +225,21 @@ def test_first_run_runs_every_stage_registers_challengers_and_gates(
     assert decision["model"] == RAG
     assert decision["versions"] == {name: "1" for name in MODELS}
     assert decision["against"] == "baselines"  # no champion before the first run
+    assert decision["rule"] == "model"
+    # Paired with a baseline question by question, on every test question.
+    n_test = len((root / "data/dedup/qa/test.jsonl").read_text(encoding="utf-8").splitlines())
+    assert decision["questions"] == {"test": n_test}
+    (primary,) = [c for c in decision["checks"] if c["role"] == "primary"]
+    assert primary["reference_name"] in gate.baselines and primary["n"] == n_test
+    assert primary["low"] <= primary["diff"] <= primary["high"]
+    scores = (root / "data/evaluate/scores.jsonl").read_text(encoding="utf-8").splitlines()
+    scored = {(row["set"], row["system"]) for row in map(json.loads, scores)}
+    assert scored == {("test", s) for s in (gate.candidate, *gate.baselines)}  # no champion
     verdict = "promote" if decision["promote"] else "keep"
     assert parent.data.tags["gate.decision"] == verdict
     assert register_run.data.tags["gate.decision"] == verdict
+    assert rag_tags["gate.decision"] == verdict
+    assert json.loads(rag_tags["gate.summary"])["questions"] == {"test": n_test}
     champions = {name: aliases(client, name).get(CHAMPION) for name in MODELS}
     failed = [check for check in decision["checks"] if not check["passed"]]
     if decision["promote"]:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import yaml
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+from tasks.lib.core.config import load_params
+from tasks.lib.serving.scores import CHANGE_SET, TEST_SET, evaluation_files, score_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,3 +112,38 @@ def project_mlflow_client(params_file: Path) -> MlflowClient:
     from tasks.lib.core.tracking import tracking_uri
 
     return MlflowClient(tracking_uri(load_params(params_file)))
+
+
+SystemsScores = Mapping[str, Mapping[str, Sequence[float]]]  # system -> metric -> per question
+
+
+def write_evaluation(
+    params_file: Path,
+    test: SystemsScores,
+    champion_version: str | None = None,
+    change: SystemsScores | None = None,
+    folder: Path | None = None,
+) -> None:
+    """What evaluate leaves for register in `folder` (default paths.evaluate_dir): the scores
+    file (questions q0, q1, ...; the `champion` system tagged with `champion_version`) and
+    metrics.json with their means."""
+    metrics_file, scores_file = evaluation_files(load_params(params_file).paths, folder)
+    rows: list[dict[str, Any]] = []
+    report: dict[str, Any] = {}
+    for question_set, systems in [(TEST_SET, test), (CHANGE_SET, change or {})]:
+        for system, metrics in systems.items():
+            n = len(next(iter(metrics.values())))
+            per_question = [{m: float(v[i]) for m, v in metrics.items()} for i in range(n)]
+            version = champion_version if system == "champion" else None
+            ids = [f"{question_set}-q{i}" for i in range(n)]
+            rows += score_rows(system, question_set, ids, per_question, version)
+            means = {m: float(np.mean(v)) for m, v in metrics.items()}
+            if question_set == TEST_SET:
+                report[system] = means
+            else:
+                report.setdefault(CHANGE_SET, {})[system] = means
+    if change is not None:
+        sizes = [len(next(iter(m.values()))) for m in change.values()]
+        report.setdefault(CHANGE_SET, {})["n"] = sizes[0] if sizes else 0
+    write_jsonl(scores_file, rows)
+    metrics_file.write_text(json.dumps(report), encoding="utf-8")

@@ -61,8 +61,10 @@ _INSIDE = {  # PathsParams entry -> the out folder of the stage that writes it
     "fusion_tuned": "tune_retrieval_tuned_dir",
     "validate_summary": "validate_dir",
     "generation_metrics": "generation_eval_dir",
+    "generation_predictions": "generation_eval_dir",
     "retriever_comparison_metrics": "retriever_comparison_dir",
     "evaluate_metrics": "evaluate_dir",
+    "evaluate_scores": "evaluate_dir",
 }
 
 
@@ -85,6 +87,7 @@ class PathsParams(Section):
     generator_model: Path  # the merged tuned generator in generator_dir (evaluation, bundle)
     generation_eval_dir: Path  # evaluate_generation -> metrics.json, predictions, samples.md
     generation_metrics: Path  # its systems' scores (in generation_eval_dir): evaluate reads them
+    generation_predictions: Path  # their answers per question (in generation_eval_dir): evaluate
     retrieval_docs: Path  # dedup's kept docs (in dedup_dir): the KB every later stage reads
     retrieval_qa_dir: Path  # dedup's remapped QA splits (in dedup_dir): every later stage's QA
     embedding_cache: Path  # persistent embedding cache; never a dvc out (it must outlive reruns)
@@ -104,7 +107,8 @@ class PathsParams(Section):
     retriever_comparison_metrics: Path  # its systems (in retriever_comparison_dir): evaluate
     bundle_dir: Path  # bundle -> the RAG system as an MLflow pyfunc model folder
     evaluate_dir: Path  # evaluate -> metrics.json, predictions.jsonl, report.md
-    evaluate_metrics: Path  # {system: {metric}} (in evaluate_dir): the gate's input
+    evaluate_metrics: Path  # {system: {metric: mean}} (in evaluate_dir): DVC metrics, status
+    evaluate_scores: Path  # per-question scores of every system (in evaluate_dir): the gate
 
     @field_validator(*_INSIDE, mode="after")
     @classmethod
@@ -176,15 +180,20 @@ class TrackingParams(Section):
 
 
 class GateParams(Section):
-    """The promotion rule: what must improve, by how much, and what may not get worse."""
+    """The promotion rule: what must improve, by how much, and what may not get worse, judged
+    on paired bootstrap intervals of per-question differences (see `serving.promotion`)."""
 
     primary: list[str] = Field(min_length=1)
     tracked: list[str]
     lower_is_better: list[str]
-    margin: float = Field(ge=0)
-    tolerance: float = Field(ge=0)
+    margin: float = Field(ge=0)  # a primary gain's interval must lie above it
+    tolerance: float = Field(ge=0)  # a tracked loss's interval must lie above minus it
+    change_metrics: list[str]  # an index refresh must gain on these on the changed docs' questions
     candidate: str = Field(min_length=1)
     baselines: list[str]
+    confidence: float = Field(gt=0, lt=1)
+    resamples: int = Field(ge=100)
+    seed: int
 
     @model_validator(mode="after")
     def _primary_not_tracked(self) -> GateParams:
