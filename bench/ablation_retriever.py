@@ -61,8 +61,7 @@ from tasks.lib.retrieval.embedding_cache import EmbeddingCache
 from tasks.lib.retrieval.encoder import load_encoder
 from tasks.lib.retrieval.index_store import build_index
 from tasks.lib.retrieval.metrics import per_query_scores, qrels_from, run_from
-from tasks.lib.retrieval.retriever import Fusion, Retriever
-from tasks.synthesize_queries import round_trip_ranks
+from tasks.lib.retrieval.retriever import Fusion, Retriever, round_trip_ranks
 
 METRICS = ["ndcg@10", "recall@10"]
 RESAMPLES, CONFIDENCE, SEED = 2000, 0.95, 0

@@ -194,11 +194,14 @@ def ask(
 def schedule(
     cron: str = typer.Option(..., help='cron expression, e.g. "0 3 * * *" (daily at 03:00)'),
     on_change: bool = typer.Option(
-        False, "--on-change", help="serve the KB watcher: retrain only if the KB changed"
+        False,
+        "--on-change",
+        help="serve the KB watcher: refresh the champion (no retraining) only if the KB changed",
     ),
     params: Path = PARAMS_OPTION,
 ) -> None:
-    """Serve the retrain flow (or the KB watcher) on a cron schedule; needs a Prefect server."""
+    """Serve the retrain flow (or the KB watcher, which starts the refresh flow on a KB change)
+    on a cron schedule; needs a Prefect server."""
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():

@@ -1,8 +1,12 @@
-"""Small real projects for tests: the repo's params.yaml plus a tiny KB folder and QA file."""
+"""Small real projects for tests: the repo's params.yaml plus a tiny KB folder and QA file, and
+the dvc command run in one."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,3 +151,19 @@ def write_evaluation(
         report.setdefault(CHANGE_SET, {})["n"] = sizes[0] if sizes else 0
     write_jsonl(scores_file, rows)
     metrics_file.write_text(json.dumps(report), encoding="utf-8")
+
+
+def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The dvc CLI in `project`, with this interpreter first on PATH (dvc.yaml runs `python`)."""
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result

@@ -65,6 +65,8 @@ _INSIDE = {  # PathsParams entry -> the out folder of the stage that writes it
     "retriever_comparison_metrics": "retriever_comparison_dir",
     "evaluate_metrics": "evaluate_dir",
     "evaluate_scores": "evaluate_dir",
+    "change_questions": "refresh_questions_dir",
+    "deleted_docs": "refresh_questions_dir",
 }
 
 
@@ -109,6 +111,14 @@ class PathsParams(Section):
     evaluate_dir: Path  # evaluate -> metrics.json, predictions.jsonl, report.md
     evaluate_metrics: Path  # {system: {metric: mean}} (in evaluate_dir): DVC metrics, status
     evaluate_scores: Path  # per-question scores of every system (in evaluate_dir): the gate
+    kb_changes: Path  # kb_changes -> added / modified / deleted ids against the champion's KB
+    refresh_index_dir: Path  # refresh_index -> the new KB indexed with the champion's encoder
+    refresh_questions_dir: Path  # refresh_questions -> questions, rejected, deleted, metrics
+    change_questions: Path  # questions about added / modified docs (in refresh_questions_dir)
+    deleted_docs: Path  # json list of deleted doc ids (in refresh_questions_dir)
+    refresh_bundle_dir: Path  # refresh_bundle -> new index + the champion's fusion and pins
+    refresh_evaluate_dir: Path  # refresh_evaluate -> the refreshed bundle scored
+    refresh_decision: Path  # refresh_register -> the refresh gate's decision
 
     @field_validator(*_INSIDE, mode="after")
     @classmethod
@@ -146,7 +156,13 @@ class IngestParams(Section):
     kb_folder: Path
     qa_file: Path
     updates_folder: Path  # docs added on top of either source (a KB feed); may be empty
+    deletions_file: str = Field(pattern=r"^[^/\\]+$")  # a file name in updates_folder
     split: SplitParams
+
+    @property
+    def deletions_path(self) -> Path:
+        """Doc ids to delete, one a line; inside the updates folder, which is ingest's dvc dep."""
+        return self.updates_folder / self.deletions_file
 
 
 class ValidateParams(Section):
@@ -441,6 +457,13 @@ class BundleParams(Section):
     batch_size: int = Field(ge=1)  # questions generated together
 
 
+class RefreshParams(Section):
+    """The refresh path: a changed KB re-indexed with the champion's encoder, no retraining."""
+
+    max_docs: int = Field(ge=0)  # added / modified docs questioned (a seeded sample beyond it)
+    seed: int
+
+
 class EvaluateParams(Section):
     split: Literal["dev", "test"]
     retrieval_metrics: list[str] = Field(min_length=1)  # ranx names, at most bundle.depth deep
@@ -470,6 +493,7 @@ class Params(Section):
     compare_retrievers: CompareRetrieversParams
     bundle: BundleParams
     evaluate: EvaluateParams
+    refresh: RefreshParams
 
     _project_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

@@ -36,6 +36,7 @@ from tasks.lib.retrieval.retriever import Fusion, Retriever
 
 MODEL_CODE = Path(__file__).with_name("rag_model.py")
 COMPONENTS = "components"  # the artifact naming the encoder and generator, and the prompt
+COMPONENT_ROLES = ("retriever", "generator")  # the models a bundle names in COMPONENTS
 INDEX, FUSION = "index", "fusion"
 
 
@@ -165,7 +166,7 @@ def pin_components(bundle_dir: Path, versions: dict[str, str]) -> None:
     """Replace the bundle's local component folders by the registry versions just made."""
     path = bundle_dir / "artifacts" / f"{COMPONENTS}.json"
     spec = json.loads(read_text(path))
-    for role in ("retriever", "generator"):
+    for role in COMPONENT_ROLES:
         component = spec[role]
         if component["model"] not in versions:
             raise InputError(f"{path}: no registered version of {component['model']!r} to pin")
