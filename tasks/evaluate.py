@@ -7,6 +7,7 @@
 - `closed_book` and `base_rag` (the untuned generator, no passages / the same passages): their
   answers from `evaluate_generation`, scored here per question; the retrieval-only baselines
   (`bm25`, `dense_base`, `hybrid_base`, `dense_tuned`) from `compare_retrievers`, as means.
+  Baselines judge the retrained bundle only: a refreshed one (`--bundle`) faces the champion.
 
 `--change-questions FILE` (canonical QA records about the docs an index refresh added or
 modified; may be empty) adds a second question set, `change_set`, on which the candidate and
@@ -47,6 +48,7 @@ from tasks.lib.core.io import (
 from tasks.lib.core.plots import bars_figure
 from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa
 from tasks.lib.core.report import markdown_table
+from tasks.lib.core.skipped import skipped_reason, write_skipped_folder
 from tasks.lib.core.tracking import metric_key, run_name, stage_run
 from tasks.lib.generation.metrics import score_prediction
 from tasks.lib.retrieval.metrics import score_rankings
@@ -218,6 +220,11 @@ def main(
     params = load_params(params_file)
     paths, settings = params.paths, params.evaluate
     out_dir = out if out is not None else paths.evaluate_dir
+    skipped = skipped_reason(bundle) if bundle is not None else None
+    if skipped is not None:  # the refresh path had nothing to refresh: nothing to judge
+        write_skipped_folder(out_dir, skipped)
+        print(f"evaluate: nothing to judge ({skipped})")
+        return
     metrics_file, scores_file = evaluation_files(paths, out_dir)
     docs = {doc.id: doc for doc in read_docs(paths.retrieval_docs)}
     question_sets = {TEST_SET: read_qa(paths.retrieval_qa_dir / f"{settings.split}.jsonl")}
@@ -225,9 +232,15 @@ def main(
         question_sets[CHANGE_SET] = read_change_questions(change_questions)
     deleted = read_deleted_docs(deleted_docs) if deleted_docs is not None else set()
     records = question_sets[TEST_SET]
-    generation = json.loads(read_text(paths.generation_metrics))
-    retrieval = json.loads(read_text(paths.retriever_comparison_metrics))
-    baselines = baseline_scores(paths.generation_predictions, records)
+    # The baselines judge a retrained candidate; a refreshed bundle (`--bundle`) is judged
+    # against the champion alone, so the refresh path never waits on a training stage.
+    judges_retrain = bundle is None
+    if judges_retrain:
+        generation = json.loads(read_text(paths.generation_metrics))
+        retrieval = json.loads(read_text(paths.retriever_comparison_metrics))
+        baselines = baseline_scores(paths.generation_predictions, records)
+    else:
+        baselines = {}
 
     with stage_run(run_name("evaluate", out), params) as run:
         bundle_dir = bundle if bundle is not None else paths.bundle_dir
@@ -261,7 +274,9 @@ def main(
                 print(f"evaluate: {name} on {set_name}: {shown}")
         for name, scores in baselines.items():
             rows += score_rows(name, TEST_SET, [r.id for r in records], scores)
-        systems = means_by_set[TEST_SET] | baseline_systems(generation, retrieval, settings.split)
+        systems = means_by_set[TEST_SET]
+        if judges_retrain:
+            systems |= baseline_systems(generation, retrieval, settings.split)
         report: dict[str, Any] = dict(systems)
         change = means_by_set.get(CHANGE_SET)
         n_change = len(question_sets.get(CHANGE_SET, []))

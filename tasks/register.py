@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.lib.core.config import Params, load_params
 from tasks.lib.core.io import InputError, atomic_path, read_text, run_stage, write_json
+from tasks.lib.core.skipped import skipped_reason, write_skipped_file
 from tasks.lib.core.tracking import file_digest, numeric_metrics, run_name, stage_run
 from tasks.lib.serving.bundle import is_bundle, pin_components, pinned_components
 from tasks.lib.serving.promotion import Decision, model_gate, refresh_gate, refusal
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 RESCORED_CHAMPION = "champion"  # evaluate's system name for the champion it re-scored
 SCORES_ARTIFACT = "evaluation"  # run artifact folder: the scores this gate judged on
 EMPTY = SystemScores((), {})
+NOTHING_REFRESHED = "nothing refreshed"
 
 
 def read_system_metrics(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, Any] | None]:
@@ -234,6 +236,12 @@ def main(
 ) -> None:
     params = load_params(params_file)
     reg, gate = params.register_, params.register_.gate
+    if refresh and evaluation is not None and skipped_reason(evaluation) is not None:
+        # One constant marker, whatever the reason: the retrain path's evaluate depends on this
+        # file and must not rerun because the refresh path's reason for resting changed.
+        write_skipped_file(decision_file or reg.decision_file, NOTHING_REFRESHED)
+        print(f"register: {NOTHING_REFRESHED} ({skipped_reason(evaluation)})")
+        return
     metrics_path, scores_path = evaluation_files(params.paths, evaluation)
     systems, change = read_system_metrics(metrics_path)
     scores = read_scores(scores_path)
