@@ -4,6 +4,7 @@ and the stage itself on a tiny bundle, with a change set and deleted docs."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -162,21 +163,13 @@ def test_stage_writes_per_question_scores_of_every_system_and_the_change_set(
     project: Path,
 ) -> None:
     root = project.parent
-    change = root / "change.jsonl"
-    write_jsonl(change, tiny_qa()["dev"])
-    out = root / "judged"
-    evaluate.main(project, bundle=root / "candidate", out=out, change_questions=change)
     params = load_params(project)
-    assert not params.paths.evaluate_dir.exists()  # --out, not the default folder
-    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    scores = read_scores(out / params.paths.evaluate_scores.name)
-    n_dev = len(tiny_qa()["dev"])
-    assert set(scores) == {
-        ("test", "tuned_rag"),
-        ("test", "closed_book"),
-        ("test", "base_rag"),
-        ("change_set", "tuned_rag"),
-    }
+    # The retrained candidate (paths.bundle_dir) faces the baselines, question by question.
+    shutil.copytree(root / "candidate", params.paths.bundle_dir)
+    evaluate.main(project)
+    metrics = json.loads(params.paths.evaluate_metrics.read_text(encoding="utf-8"))
+    scores = read_scores(params.paths.evaluate_scores)
+    assert set(scores) == {("test", "tuned_rag"), ("test", "closed_book"), ("test", "base_rag")}
     candidate = scores[("test", "tuned_rag")]
     assert candidate.ids == tuple(r["id"] for r in tiny_qa()["test"])
     assert candidate.version is None
@@ -188,6 +181,18 @@ def test_stage_writes_per_question_scores_of_every_system_and_the_change_set(
     }  # fmt: skip
     assert np.all(scores[("test", "base_rag")].metrics["answer_f1"] == 1.0)
     assert metrics["bm25"] == {"ndcg_at_10": 0.5}
+
+    # A refreshed bundle (--bundle) faces the champion alone, on the test and change sets.
+    change = root / "change.jsonl"
+    write_jsonl(change, tiny_qa()["dev"])
+    out = root / "judged"
+    evaluate.main(project, bundle=root / "candidate", out=out, change_questions=change)
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    scores = read_scores(out / params.paths.evaluate_scores.name)
+    n_dev = len(tiny_qa()["dev"])
+    assert set(scores) == {("test", "tuned_rag"), ("change_set", "tuned_rag")}
+    assert "bm25" not in metrics and "base_rag" not in metrics
+    assert scores[("test", "tuned_rag")].means() == candidate.means()
     assert metrics["change_set"]["n"] == n_dev
     assert metrics["change_set"]["tuned_rag"] == scores[("change_set", "tuned_rag")].means()
     assert len(scores[("change_set", "tuned_rag")].ids) == n_dev
