@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,8 +156,24 @@ def write_evaluation(
     metrics_file.write_text(json.dumps(report), encoding="utf-8")
 
 
+def init_dvc_project(root: Path, stages: Iterable[str]) -> None:
+    """Make `root` a DVC project with the repo's code and these stages of its dvc.yaml."""
+    shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    every = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    wanted = set(stages)
+    kept = {name: stage for name, stage in every.items() if name in wanted}  # the file's order
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": kept}, sort_keys=False), "utf-8")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
+    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")  # folder code deps skip __pycache__
+    # What `dvc config` would write, without paying another dvc start-up.
+    (root / ".dvc/config").write_text(
+        "[core]\n    no_scm = True\n    analytics = false\n    site_cache_dir = site_cache\n",
+        encoding="utf-8",
+    )
+
+
 def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The dvc CLI in `project`, with this interpreter first on PATH (dvc.yaml runs `python`)."""
+    """`python -m dvc ...` in `project` with this interpreter's scripts first on PATH."""
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(
         [sys.executable, "-m", "dvc", *args],
@@ -167,3 +186,21 @@ def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
     if check and result.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def ran_stages(output: str) -> list[str]:
+    """The stages a `dvc repro` output says it ran, in order."""
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+@contextmanager
+def moved_away(paths: Sequence[Path]) -> Iterator[None]:
+    """The paths renamed for the duration and back afterwards: a stage run meanwhile proves it
+    reads none of them."""
+    for path in paths:
+        path.rename(path.with_name(f"{path.name}.away"))
+    try:
+        yield
+    finally:
+        for path in paths:
+            path.with_name(f"{path.name}.away").rename(path)

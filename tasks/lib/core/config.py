@@ -56,6 +56,7 @@ _INSIDE = {  # PathsParams entry -> the out folder of the stage that writes it
     "generator_model": "generator_dir",
     "fusion": "tune_retrieval_dir",
     "synthetic_queries": "synthetic_queries_dir",
+    "retriever_training_set": "retriever_training_set_dir",
     "retriever_model": "retriever_dir",
     "retriever_positives": "retriever_dir",
     "fusion_tuned": "tune_retrieval_tuned_dir",
@@ -85,6 +86,7 @@ class PathsParams(Section):
     kb_questions_dir: Path  # kb_questions -> {train,dev,heldout}.jsonl
     retrieved_contexts: Path  # retrieval side -> {"id", "doc_ids"} per question, best first
     generator_base_dir: Path  # prepare_generator -> transformers folder of the base generator
+    generator_training_set: Path  # generator_training_set -> {train,dev}.jsonl: finetune_generator
     generator_dir: Path  # finetune_generator -> model/ (merged), adapter/, train_metrics.json
     generator_model: Path  # the merged tuned generator in generator_dir (evaluation, bundle)
     generation_eval_dir: Path  # evaluate_generation -> metrics.json, predictions, samples.md
@@ -98,7 +100,9 @@ class PathsParams(Section):
     fusion: Path  # tune_retrieval's chosen fusion for the base index (in tune_retrieval_dir)
     retrieval_eval_dir: Path  # evaluate_retrieval -> metrics.json, report.*, recall_at_k_*.csv
     synthetic_queries_dir: Path  # synthesize_queries -> queries.jsonl, rejected.jsonl, metrics.json
-    synthetic_queries: Path  # its kept questions (in synthetic_queries_dir): finetune_retriever
+    synthetic_queries: Path  # its kept questions (in synthetic_queries_dir): the retriever's set
+    retriever_training_set_dir: Path  # retriever_training_set -> the set, metrics.json
+    retriever_training_set: Path  # the set (in its dir): all that finetune_retriever learns from
     retriever_dir: Path  # finetune_retriever -> model/, train_metrics.json, positives.json
     retriever_model: Path  # the tuned encoder folder in retriever_dir (index_tuned, bundle)
     retriever_positives: Path  # doc ids training saw as positives (in retriever_dir)
