@@ -7,10 +7,11 @@ Variants (everything else from params.yaml's `finetune_retriever`):
   synthetic_only   synthetic pairs and mined negatives, no real label: a KB without a QA set
   synthetic_only_in_batch  the same with in-batch negatives only
 
-Each variant is trained with `finetune_retriever.finetune`, its encoder indexes the whole KB,
-and its dense retrieval is scored on the real test questions, whole and on the unseen-doc
-subset (gold docs never a gold doc of the real train split: the same questions for every
-row), with a paired bootstrap interval of the difference to the base encoder.
+Each variant's training set is built in memory with `retriever_training_set.build` and trained
+with `finetune_retriever.finetune`, its encoder indexes the whole KB, and its dense retrieval is
+scored on the real test questions, whole and on the unseen-doc subset (gold docs never a gold
+doc of the real train split: the same questions for every row), with a paired bootstrap
+interval of the difference to the base encoder.
 
 `--split reference` trains and scores on a reference split instead of ingest's: every
 FanOutQA sub-question row (duplicates kept) grouped by its top-level question, so the same
@@ -61,8 +62,8 @@ from tasks.lib.retrieval.embedding_cache import EmbeddingCache
 from tasks.lib.retrieval.encoder import load_encoder
 from tasks.lib.retrieval.index_store import build_index
 from tasks.lib.retrieval.metrics import per_query_scores, qrels_from, run_from
-from tasks.lib.retrieval.retriever import Fusion, Retriever
-from tasks.synthesize_queries import round_trip_ranks
+from tasks.lib.retrieval.retriever import Fusion, Retriever, round_trip_ranks
+from tasks.retriever_training_set import build
 
 METRICS = ["ndcg@10", "recall@10"]
 RESAMPLES, CONFIDENCE, SEED = 2000, 0.95, 0
@@ -267,7 +268,8 @@ def main() -> None:
     rows = [r for r in earlier_rows(earlier) if r["variant"] not in names]
     for name in names:
         out = work / name
-        metrics = finetune(params, chosen[name], out)
+        training_set, _ = build(params, chosen[name])
+        metrics = finetune(params, chosen[name], training_set, out)
         encoder = model_dir(params, out)
         tuned = subset_scores(subsets, dense_rankings(args.params, params, encoder, test))
         row = {"variant": name, "pairs": metrics["pairs"]}

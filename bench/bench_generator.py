@@ -1,8 +1,9 @@
 """Training throughput of `finetune_generator` against a plain Hugging Face Trainer run.
 
 Both runs train the same model (the prepared base generator, wrapped with the same LoRA or
-full fine-tuning setup from params) on the same examples (real answerable train questions and
-KB questions with their retrieved passages), batch size and learning rate, in this process.
+full fine-tuning setup from params) on the same examples (the stage's own training items,
+`generator_training_set`'s train.jsonl: real questions and KB questions with their passages),
+batch size and learning rate, in this process.
 The plain run is what one writes first: right padding (DataCollatorForSeq2Seq), logits over
 every position, random batches, fp32. The stage adds answer-only logits, length-grouped
 batches and, when `finetune_generator.bf16` is set, bf16 autocast. Rounds alternate the two runs
@@ -31,21 +32,14 @@ from transformers import (
 
 from tasks.finetune_generator import encode_items, finetune, with_lora
 from tasks.lib.core.config import Params, load_params
-from tasks.lib.core.records import read_docs, read_qa
-from tasks.lib.generation.data import generation_items, read_contexts
+from tasks.lib.generation.data import read_items
 from tasks.lib.generation.generator import IGNORE_INDEX, GenerationItem, ensure_pad_token
 from tasks.lib.generation.loader import load_generator
 
 
 def bench_items(params: Params, n: int) -> list[GenerationItem]:
-    """The stage's training mix, cut to `n` examples (real questions first, then KB ones)."""
-    paths, generator = params.paths, params.generator
-    docs = {d.id: d for d in read_docs(paths.retrieval_docs)}
-    contexts = read_contexts(paths.retrieved_contexts)
-    real = [r for r in read_qa(paths.retrieval_qa_dir / "train.jsonl") if r.answerable]
-    kb = read_qa(paths.kb_questions_dir / "train.jsonl")
-    items = generation_items(real, "qa", contexts, docs, generator.top_k)
-    items += generation_items(kb, "describe", contexts, docs, generator.top_k)
+    """The stage's training items, cut to `n` examples (real questions first, then KB ones)."""
+    items = read_items(params.paths.generator_training_set / "train.jsonl")
     return items[: n // 2] + items[-(n - n // 2) :]
 
 

@@ -50,6 +50,16 @@ def _load(params_file: Path) -> Params:
         return load_params(params_file)
 
 
+def _actor() -> str:
+    """Who moves an alias by hand, as the promotion history records it."""
+    import getpass
+
+    try:
+        return f"manual: {getpass.getuser()}"
+    except (KeyError, OSError):  # no login name in this environment
+        return "manual"
+
+
 @app.command()
 def promote(
     version: str = typer.Option(..., help="the registered version to make champion"),
@@ -63,7 +73,7 @@ def promote(
     settings = _load(params)
     name = model or settings.register_.judged
     with _user_errors():
-        replaced = promote_version(registry_client(settings), name, version, by="manual")
+        replaced = promote_version(registry_client(settings), name, version, by=_actor())
     typer.echo(f"{name}: v{version} is champion" + (f" (was v{replaced})" if replaced else ""))
 
 
@@ -79,7 +89,7 @@ def rollback(
     settings = _load(params)
     name = model or settings.register_.judged
     with _user_errors():
-        retired, restored = rollback_model(registry_client(settings), name)
+        retired, restored = rollback_model(registry_client(settings), name, by=_actor())
     typer.echo(f"{name}: v{restored} is champion again (v{retired} retired)")
 
 
@@ -102,6 +112,44 @@ def status(params: Path = PARAMS_OPTION) -> None:
         values = " ".join(f"{m}={row.metrics[m]:.4f}" for m in shown if m in row.metrics)
         run = f"run {row.run_id[:12]}" if row.run_id else "no run"
         typer.echo(f"{row.model:20s} {row.alias:17s} v{row.version:<4s} {values}  ({run})")
+
+
+def _decision_text(decision: dict | None) -> str:
+    """The gate's numbers behind a move: each deciding interval and its question count."""
+    if not decision:
+        return ""
+    intervals = "; ".join(
+        f"{metric} {i['diff']:+.4f} [{i['low']:+.4f}, {i['high']:+.4f}] n={i['n']} vs {i['vs']}"
+        for metric, i in decision["intervals"].items()
+    )
+    return f"  {decision['rule']} rule: {intervals or 'no interval'}"
+
+
+@app.command()
+def history(
+    model: str = typer.Option(None, help="registered model (default: register.judged)"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Every champion move, oldest first: which version served from when, who moved it, and the
+    gate's numbers."""
+    from tasks.lib.serving.registry import CHAMPION, aliases, promotion_events, registry_client
+
+    settings = _load(params)
+    name = model or settings.register_.judged
+    client = registry_client(settings)
+    events = promotion_events(client, name)
+    if not events:
+        typer.echo(f"{name}: no champion moves recorded yet")
+        return
+    typer.echo(f"{name}: {len(events)} champion moves, oldest first")
+    for event in events:
+        was = f"v{event['previous']}" if event["previous"] else "none"
+        typer.echo(
+            f"#{event['n']} {event['at']}  v{event['version']} champion (was {was})  "
+            f"{event['action']} by {event['by']}" + _decision_text(event["decision"])
+        )
+    champion = aliases(client, name).get(CHAMPION)
+    typer.echo(f"champion now: v{champion}" if champion else "no champion now")
 
 
 BUNDLE_OPTION = typer.Option(
@@ -146,11 +194,14 @@ def ask(
 def schedule(
     cron: str = typer.Option(..., help='cron expression, e.g. "0 3 * * *" (daily at 03:00)'),
     on_change: bool = typer.Option(
-        False, "--on-change", help="serve the KB watcher: retrain only if the KB changed"
+        False,
+        "--on-change",
+        help="serve the KB watcher: refresh the champion (no retraining) only if the KB changed",
     ),
     params: Path = PARAMS_OPTION,
 ) -> None:
-    """Serve the retrain flow (or the KB watcher) on a cron schedule; needs a Prefect server."""
+    """Serve the retrain flow (or the KB watcher, which starts the refresh flow on a KB change)
+    on a cron schedule; needs a Prefect server."""
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():

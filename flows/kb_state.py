@@ -1,9 +1,10 @@
-"""The fingerprint of the KB *source* and the one the last successful retrain consumed.
+"""The fingerprint of the KB *source*, and the one the last successful retrain or refresh consumed.
 
-The source is what `ingest` reads (the packaged files, or the user's KB folder and QA file),
-fingerprinted before ingest runs, so the watcher can tell a changed KB without running any
-stage. The recorded fingerprint lives in `.state/` of the project and is written only when a
-retrain succeeds: a failed run leaves the old one, and the next check tries again.
+The source is what `ingest` reads (the packaged files, or the user's KB folder and QA file, and
+the updates folder with its deletions file), fingerprinted before ingest runs, so the watcher
+can tell a changed KB without running any stage. The recorded fingerprint lives in `.state/`
+of the project and is written only when a flow succeeds: a failed run leaves the old one, and
+the next check tries again.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ def source_files(params: IngestParams) -> list[tuple[str, Path]]:
     Names are relative, so moving the project folder does not look like a KB change, while
     renaming a KB file (which renames its doc id) does.
     """
-    updates = params.updates_folder
-    added = kb_files(updates) if updates.is_dir() else []
+    updates, deletions = params.updates_folder, params.deletions_path
+    added = kb_files(updates, deletions) if updates.is_dir() else []
     named_updates = [(f"updates/{p.relative_to(updates).as_posix()}", p) for p in added]
+    if deletions.is_file():
+        named_updates.append(("deletions", deletions))
     if params.source == "packaged":
         return [
             ("packaged/kb", package_file(WIKI_PACKAGE, WIKI_FILE)),
@@ -54,15 +57,15 @@ def source_fingerprint(params: IngestParams) -> str:
     return digest.hexdigest()
 
 
-def last_trained_fingerprint(project: Path) -> str | None:
+def last_consumed_fingerprint(project: Path) -> str | None:
     path = project / STATE_FILE
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))["fingerprint"]
 
 
-def record_trained_fingerprint(project: Path, fingerprint: str, flow_run_id: str | None) -> None:
-    """Remember the KB a successful retrain consumed (call only after it succeeded)."""
+def record_consumed_fingerprint(project: Path, fingerprint: str, flow_run_id: str | None) -> None:
+    """Remember the KB a successful retrain or refresh consumed (call only after it succeeded)."""
     with atomic_path(project / STATE_FILE) as tmp:
         write_json(
             tmp,

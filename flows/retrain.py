@@ -3,7 +3,8 @@
 Each task runs `dvc repro --single-item <stage>` in the project folder, so DVC skips a stage
 whose deps and params are unchanged and Prefect retries one that crashed. The stage list is
 read from dvc.yaml through DVC's own graph: a stage added there joins the flow with no code
-change, in the order DVC would run it, and no second list can drift from the pipeline.
+change, in the order DVC would run it, and no second list can drift from the pipeline. The
+`refresh` flow (flows/refresh.py) runs the same way the stages its target needs.
 
 The flow opens the MLflow parent run; the stages nest under it (their `dvc repro` subprocess
 inherits `RAGLOOP_PARENT_RUN_ID`). The two runs point at each other: MLflow tags carry the
@@ -17,6 +18,7 @@ import os
 import subprocess
 import sys
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,9 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
 
-from flows.kb_state import record_trained_fingerprint, source_fingerprint
+from flows.kb_state import record_consumed_fingerprint, source_fingerprint
 from tasks.lib.core.config import Params, load_params
+from tasks.lib.core.skipped import skipped_reason
 from tasks.lib.core.tracking import pipeline_run, run_url, tracking_uri
 
 GATE_STAGE = "register"
@@ -41,17 +44,23 @@ class StageInputError(StageFailed):
     """A stage rejected its input (bad data, bad params): retrying cannot help."""
 
 
-def pipeline_stages(project: Path) -> list[str]:
-    """The stages of the project's dvc.yaml, upstream first, ties in file order."""
+def pipeline_stages(project: Path, target: str | None = None) -> list[str]:
+    """The stages of the project's dvc.yaml, upstream first, ties in file order: all of them,
+    or those `target` needs (itself included), exactly the ones `dvc repro target` considers."""
     import networkx as nx
     from dvc.repo import Repo
 
     with Repo(str(project)) as repo:
         stages = [s for s in repo.index.stages if getattr(s, "cmd", None)]
         position = {s.addressing: i for i, s in enumerate(stages)}
-        graph = repo.index.graph.reverse()  # DVC's edges point from a stage to its deps
+        graph = repo.index.graph  # DVC's edges point from a stage to its deps
+        if target is not None:
+            named = [s for s in stages if s.name == target]
+            if not named:
+                raise ValueError(f"{project}/dvc.yaml: no stage {target!r}")
+            graph = graph.subgraph({named[0], *nx.descendants(graph, named[0])})
         ordered = nx.lexicographical_topological_sort(
-            graph, key=lambda s: f"{position.get(s.addressing, len(position)):06d}"
+            graph.reverse(), key=lambda s: f"{position.get(s.addressing, len(position)):06d}"
         )
         return [s.name for s in ordered if s.addressing in position]
 
@@ -125,34 +134,54 @@ def link_prefect_and_mlflow(params: Params, experiment_id: str, run_id: str) -> 
     return url
 
 
-def gate_report(params: Params, outcomes: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The gate's decision if the register stage ran in this pipeline run, else None."""
+def gate_report(
+    outcomes: list[dict[str, Any]], stage: str, decision_file: Path, key: str
+) -> dict[str, Any] | None:
+    """The decision of the gate `stage` if it ran in this pipeline run (also as the Prefect
+    artifact `key`), else None."""
     ran = {o["stage"] for o in outcomes if o["ran"]}
-    if GATE_STAGE not in ran:
+    if stage not in ran:
         return None
-    path = params.register_.decision_file
-    decision = json.loads(path.read_text(encoding="utf-8"))
-    lines = [f"**{decision['model']}**: {'promoted' if decision['promote'] else 'kept champion'}"]
-    lines += [f"- {reason}" for reason in decision["reasons"]]
-    create_markdown_artifact("\n".join(lines), key="promotion-gate", description="Gate decision")
+    decision = json.loads(decision_file.read_text(encoding="utf-8"))
+    skipped = skipped_reason(decision_file)
+    if skipped is not None:
+        lines = [f"nothing to refresh: {skipped}"]
+    else:
+        verdict = "promoted" if decision["promote"] else "kept champion"
+        lines = [f"**{decision['model']}**: {verdict}"]
+        lines += [f"- {reason}" for reason in decision["reasons"]]
+    create_markdown_artifact("\n".join(lines), key=key, description="Gate decision")
     return decision
 
 
-@flow(name="retrain", log_prints=True)
-def retrain(params_file: str = "params.yaml") -> dict[str, Any]:
-    """Run the pipeline through DVC, stage by stage, and report the gate's decision.
+def gate_tag(decision: dict[str, Any] | None, decision_file: Path) -> str:
+    """The parent run's `gate.decision`: none (the gate did not run), skipped, promote or keep."""
+    if decision is None:
+        return "none"
+    if skipped_reason(decision_file) is not None:
+        return "skipped"
+    return "promote" if decision["promote"] else "keep"
 
-    A failing stage fails the flow: nothing downstream runs and nothing is promoted. On
-    success the KB fingerprint is recorded for the watcher. `params_file` is a plain str:
-    a served flow is loaded from its file without its imports, so Prefect cannot resolve a
-    `Path` annotation when it validates the parameters of a scheduled run.
+
+def run_pipeline(
+    name: str,
+    params_file: str,
+    target: str | None,
+    gate_stage: str,
+    decision_of: Callable[[Params], Path],
+) -> dict[str, Any]:
+    """Inside a flow: run the stages `target` needs (all when None) through DVC under one MLflow
+    parent run, report the gate's decision, and record the KB fingerprint for the watcher.
+
+    A failing stage fails the flow: nothing downstream runs and nothing is promoted; the
+    fingerprint is recorded only on success, so the watcher tries again.
     """
     params = load_params(Path(params_file).resolve())
     project = params.project_dir
     settings = params.retrain
     fingerprint = source_fingerprint(params.ingest)
-    stages = pipeline_stages(project)
-    print(f"retrain: stages {stages}")
+    stages = pipeline_stages(project, target)
+    print(f"{name}: stages {stages}")
     stage_task = run_dvc_stage.with_options(
         retries=settings.retries,
         retry_delay_seconds=settings.retry_delay_seconds,
@@ -166,27 +195,22 @@ def retrain(params_file: str = "params.yaml") -> dict[str, Any]:
     ui_url = flow_run.get_flow_run_ui_url()  # only a real Prefect server has a UI
     if ui_url and ui_url.startswith("http"):
         prefect_tags["prefect.flow_run_url"] = ui_url
-    with pipeline_run(params, f"retrain {flow_run.get_name()}", prefect_tags) as parent:
+    decision_path = decision_of(params)
+    with pipeline_run(params, f"{name} {flow_run.get_name()}", prefect_tags) as parent:
         url = None
         if parent.run_id:
             import mlflow
 
             experiment_id = mlflow.get_run(parent.run_id).info.experiment_id
             url = link_prefect_and_mlflow(params, experiment_id, parent.run_id)
-            print(f"retrain: MLflow parent run {parent.run_id} ({url})")
+            print(f"{name}: MLflow parent run {parent.run_id} ({url})")
         outcomes = [stage_task(stage, project) for stage in stages]
-        decision = gate_report(params, outcomes)
+        decision = gate_report(outcomes, gate_stage, decision_path, key=f"{name}-gate")
         ran = [o["stage"] for o in outcomes if o["ran"]]
-        parent.set_tags(
-            {
-                "stages_ran": ",".join(ran) or "none",
-                "gate.decision": "none"
-                if decision is None
-                else ("promote" if decision["promote"] else "keep"),
-            }
-        )
-    record_trained_fingerprint(project, fingerprint, str(flow_run.get_id()))
-    print(f"retrain: ran {ran or 'nothing (all stages up to date)'}")
+        verdict = gate_tag(decision, decision_path)
+        parent.set_tags({"stages_ran": ",".join(ran) or "none", "gate.decision": verdict})
+    record_consumed_fingerprint(project, fingerprint, str(flow_run.get_id()))
+    print(f"{name}: ran {ran or 'nothing (all stages up to date)'}")
     return {
         "flow_run_id": str(flow_run.get_id()),
         "stages": stages,
@@ -196,6 +220,20 @@ def retrain(params_file: str = "params.yaml") -> dict[str, Any]:
         "gate": decision,
         "kb_source_fingerprint": fingerprint,
     }
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(params_file: str = "params.yaml") -> dict[str, Any]:
+    """Run the whole pipeline through DVC, stage by stage, and report the gate's decision.
+
+    The refresh stages run first (a KB change is served before any training starts), then the
+    training stages and the retrain gate. `params_file` is a plain str: a served flow is loaded
+    from its file without its imports, so Prefect cannot resolve a `Path` annotation when it
+    validates the parameters of a scheduled run.
+    """
+    return run_pipeline(
+        "retrain", params_file, None, GATE_STAGE, lambda params: params.register_.decision_file
+    )
 
 
 if __name__ == "__main__":

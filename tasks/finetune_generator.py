@@ -1,11 +1,12 @@
 """Stage `finetune_generator`: teach the generator to answer from retrieved passages.
 
-Training mix: the real answerable train questions (a few dozen) plus synthetic "What is
-<title>?" -> description questions from KB docs (stage `kb_questions`), each prompt carrying its
-task's instruction and the question's top-k retrieved passages, exactly as `evaluate_generation`
-will prompt. Loss on answer tokens only. LoRA (peft) by default, full fine-tuning by params; the
-Hugging Face Trainer runs the loop, keeps the checkpoint with the best dev loss, and the stage
-saves the adapter and, for inference, the merged model as safetensors.
+It reads only `paths.generator_training_set` (stage `generator_training_set`: the train and dev
+items, real answerable questions and KB description questions, each with its retrieved
+passages' text) and the base generator, so DVC retrains exactly when that set changes. Each
+prompt carries its task's instruction and the item's top-k passages, exactly as
+`evaluate_generation` will prompt. Loss on answer tokens only. LoRA (peft) by default, full
+fine-tuning by params; the Hugging Face Trainer runs the loop, keeps the checkpoint with the best
+dev loss, and the stage saves the adapter and, for inference, the merged model as safetensors.
 """
 
 from __future__ import annotations
@@ -28,10 +29,9 @@ from transformers import (
 
 from tasks.lib.core.config import FinetuneGeneratorParams, GeneratorParams, load_params
 from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json
-from tasks.lib.core.records import QARecord, read_docs, read_qa
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.core.training_curves import MlflowCurves
-from tasks.lib.generation.data import generation_items, read_contexts
+from tasks.lib.generation.data import TRAINING_SPLITS, read_items
 from tasks.lib.generation.generator import (
     IGNORE_INDEX,
     AnswerOnlyCollator,
@@ -191,23 +191,7 @@ def save_generator(model: Any, tokenizer: Any, out_dir: Path, report: dict[str, 
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     paths, generator, tune = params.paths, params.generator, params.finetune_generator
-    kb_dir = paths.kb_questions_dir
-    docs = {doc.id: doc for doc in read_docs(paths.retrieval_docs)}
-    contexts = read_contexts(paths.retrieved_contexts)
-
-    def real(split: str, answerable_only: bool) -> list[QARecord]:
-        records = read_qa(paths.retrieval_qa_dir / f"{split}.jsonl")
-        return [r for r in records if r.answerable or not answerable_only]
-
-    def items(records: list[QARecord], task: str, gold_passage: str) -> list[GenerationItem]:
-        return generation_items(records, task, contexts, docs, generator.top_k, gold_passage)
-
-    train = items(real("train", tune.real_answerable_only), "qa", tune.gold_passage)
-    train += items(read_qa(kb_dir / "train.jsonl"), "describe", tune.gold_passage)
-    # Dev mirrors evaluation (passages as retrieved, never a planted gold doc) and keeps to
-    # answers a model could read off its passages: the loss on unguessable numbers is noise.
-    dev = items(real("dev", answerable_only=True), "qa", "retrieved")
-    dev += items(read_qa(kb_dir / "dev.jsonl"), "describe", "retrieved")
+    train, dev = (read_items(paths.generator_training_set / f"{s}.jsonl") for s in TRAINING_SPLITS)
 
     start = time.perf_counter()
     out_dir = paths.generator_dir

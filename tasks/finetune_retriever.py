@@ -1,34 +1,26 @@
 """Stage `finetune_retriever`: adapt the base encoder to the KB with its own questions.
 
-Training pairs are (question, gold passage) from the real train split and, when enabled, from
-`synthesize_queries`. The loss is MultipleNegativesRankingLoss (or its cached variant): every
-other passage in the batch is a negative, plus `negatives.count` hard negatives per pair mined
-from the current (base encoder) index over the whole KB. A mined candidate is skipped when it is
-a gold doc of the question (all of them, for a question with several) or scores within `margin`
-of the gold, since such a near-tie is more often an unlabelled answer than a wrong one. The
-no-duplicates batch sampler keeps a passage from being both a positive and an in-batch negative.
+It reads only `paths.retriever_training_set` (stage `retriever_training_set`: the pairs, their
+mined hard negatives and the dev data, as text) and the base encoder, so DVC retrains exactly
+when that set changes. The loss is MultipleNegativesRankingLoss (or its cached variant): every
+other passage in the batch is a negative, plus the pair's mined ones. The no-duplicates batch
+sampler keeps a passage from being both a positive and an in-batch negative.
 
-The trainer scores the dev split during training (InformationRetrievalEvaluator, nDCG@10) and
-keeps the best checkpoint; the model is saved as safetensors. Encoding the whole KB at every
-evaluation is slow on a CPU and grows with the KB, so by default the dev corpus is a fixed
-subsample: the dev gold docs, each dev question's top base-encoder candidates (the docs that can
-actually outrank the gold) and random KB docs up to `eval_corpus`. It only ranks checkpoints;
-the reported numbers come from `compare_retrievers` over the whole KB.
+The trainer scores the set's dev questions over its dev corpus during training
+(InformationRetrievalEvaluator, nDCG@10) and keeps the best checkpoint; the model is saved as
+safetensors. The dev corpus only ranks checkpoints: the reported numbers come from
+`compare_retrievers` over the whole KB.
 
 Outputs in `paths.retriever_dir`: model/ (a SentenceTransformer folder), train_metrics.json
-(data counts, mining statistics, dev scores, training seconds), positives.json (the doc ids
-training saw as positives: the complement defines the unseen-doc evaluation subset).
+(pair counts, dev scores, training seconds), positives.json (the doc ids training saw as
+positives: the complement defines the unseen-doc evaluation subset).
 """
 
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,146 +38,40 @@ from sentence_transformers.sentence_transformer.losses import (
     MultipleNegativesRankingLoss,
 )
 
-from tasks.lib.core.config import (
-    FinetuneRetrieverParams,
-    HardNegativesParams,
-    Params,
-    load_params,
-)
-from tasks.lib.core.io import InputError, atomic_path, read_text, run_stage, write_json
-from tasks.lib.core.records import QARecord, read_docs, read_qa, read_qa_splits
+from tasks.lib.core.config import FinetuneRetrieverParams, Params, load_params
+from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.core.training_curves import MlflowCurves
 from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
-from tasks.lib.retrieval.index_store import passage_text
-from tasks.lib.retrieval.retriever import Fusion, Retriever
+from tasks.lib.retrieval.training_set import (
+    RetrieverTrainingSet,
+    pair_counts,
+    read_training_set,
+)
 
 EVALUATOR_NAME = "dev"
-_EVAL_HARD_CANDIDATES = 10  # per dev question, from the base encoder, in the dev subsample
-# (questions, depth) -> per question (doc id, score), best first
-Search = Callable[[list[str], int], list[list[tuple[str, float]]]]
 
 
-@dataclass(frozen=True)
-class TrainingPair:
-    """One (question, gold doc) pair; `gold` is every gold doc of the question."""
-
-    query: str
-    doc_id: str
-    gold: frozenset[str]
-    source: str  # "real" or "synthetic"
-
-
-def training_pairs(records: Sequence[QARecord], known: set[str], source: str) -> list[TrainingPair]:
-    """One pair per gold doc present in the KB (a question with two gold docs gives two)."""
-    pairs = []
-    for record in records:
-        gold = frozenset(d for d in record.doc_ids if d in known)
-        pairs += [
-            TrainingPair(record.question, d, gold, source) for d in record.doc_ids if d in gold
-        ]
-    return pairs
-
-
-def dense_search(retriever: Retriever) -> Search:
-    """The base index's dense search as (doc id, cosine) lists, best first."""
-    ids = [doc["id"] for doc in retriever.docs]
-
-    def search(queries: list[str], depth: int) -> list[list[tuple[str, float]]]:
-        return [[(ids[r], s) for r, s in ranked] for ranked in retriever.dense(queries, depth)]
-
-    return search
-
-
-def mine_hard_negatives(
-    search: Search,
-    pairs: Sequence[TrainingPair],
-    all_ids: Sequence[str],
-    params: HardNegativesParams,
-    seed: int,
-) -> tuple[list[list[str]], dict[str, int]]:
-    """`params.count` negative doc ids per pair, from the base index's ranking of its question.
-
-    Candidates are ranks range_min+1 .. range_max once the question's gold docs (all of them,
-    by id) are removed; a candidate must score below the lowest gold score by the margin
-    (sentence-transformers' `mine_hard_negatives` rule; strictly below, so a copy of a gold doc
-    under another id never passes). A gold doc outside the searched window scores below every
-    candidate, so then none passes, as in the library. Pairs left short get random KB docs, so
-    no real label is lost. The index is searched rather than the KB re-encoded: that costs one
-    query batch instead of encoding every passage again after each KB change.
-    """
-    gold_of: dict[str, set[str]] = defaultdict(set)
-    for pair in pairs:
-        gold_of[pair.query] |= pair.gold
-    queries = list(gold_of)
-    depth = params.range_max + max(len(g) for g in gold_of.values())
-    mined: dict[str, list[str]] = {}
-    stats = {"mined": 0, "random_filled": 0, "skipped_by_margin": 0}
-    for query, ranked in zip(queries, search(queries, depth), strict=True):
-        gold = gold_of[query]
-        gold_scores = [score for doc_id, score in ranked if doc_id in gold]
-        window = [(d, s) for d, s in ranked if d not in gold][params.range_min : params.range_max]
-        passing = []
-        if len(gold_scores) == len(gold):  # else a gold doc scores below the whole window
-            floor = min(gold_scores)
-            gap = params.margin * (abs(floor) if params.margin_type == "relative" else 1.0)
-            passing = [d for d, s in window if s < floor - gap]
-        stats["skipped_by_margin"] += len(window) - len(passing)
-        mined[query] = passing[: params.count]
-    rng = random.Random(seed)
-    negatives = []
-    for pair in pairs:
-        chosen = list(mined[pair.query])
-        stats["mined"] += len(chosen)
-        while len(chosen) < params.count:
-            candidate = rng.choice(all_ids)
-            if candidate not in gold_of[pair.query] and candidate not in chosen:
-                chosen.append(candidate)
-                stats["random_filled"] += 1
-        negatives.append(chosen)
-    return negatives, stats
-
-
-def training_dataset(
-    pairs: Sequence[TrainingPair], negatives: Sequence[Sequence[str]], passages: dict[str, str]
-) -> Dataset:
+def training_dataset(training_set: RetrieverTrainingSet) -> Dataset:
     """Columns anchor, positive, negative_1..n: the layout MNRL reads (every column after the
     anchor is a candidate, the first one the answer)."""
+    pairs = training_set.pairs
     columns: dict[str, list[str]] = {
         "anchor": [p.query for p in pairs],
-        "positive": [passages[p.doc_id] for p in pairs],
+        "positive": [p.positive.text for p in pairs],
     }
-    for i in range(len(negatives[0]) if negatives else 0):
-        columns[f"negative_{i + 1}"] = [passages[n[i]] for n in negatives]
+    for i in range(len(pairs[0].negatives)):
+        columns[f"negative_{i + 1}"] = [p.negatives[i].text for p in pairs]
     return Dataset.from_dict(columns)
 
 
-def evaluation_corpus(
-    dev: Sequence[QARecord],
-    candidates: Sequence[Sequence[str]],
-    doc_ids: Sequence[str],
-    size: int,
-    seed: int,
-) -> list[str]:
-    """Doc ids of the dev corpus: gold docs, the base encoder's `candidates`, random fill to
-    `size` (0: every doc). Sorted, so a rerun builds the same corpus."""
-    if size == 0 or size >= len(doc_ids):
-        return sorted(doc_ids)
-    chosen = {d for r in dev for d in r.doc_ids} | {d for ranked in candidates for d in ranked}
-    rest = sorted(set(doc_ids) - chosen)
-    fill = max(0, size - len(chosen))
-    chosen |= set(random.Random(seed).sample(rest, min(fill, len(rest))))
-    return sorted(chosen)
-
-
-def dev_evaluator(
-    dev: Sequence[QARecord], corpus_ids: Sequence[str], passages: dict[str, str]
-) -> InformationRetrievalEvaluator:
+def dev_evaluator(training_set: RetrieverTrainingSet) -> InformationRetrievalEvaluator:
     """nDCG@10 (the checkpoint criterion) and recall@10 over the dev corpus, cosine scores."""
+    queries = training_set.dev_queries
     return InformationRetrievalEvaluator(
-        queries={r.id: r.question for r in dev},
-        corpus={d: passages[d] for d in corpus_ids},
-        relevant_docs={r.id: set(r.doc_ids) & set(corpus_ids) for r in dev},
+        queries={q.id: q.question for q in queries},
+        corpus={p.id: p.text for p in training_set.dev_corpus},
+        relevant_docs={q.id: set(q.relevant) for q in queries},
         mrr_at_k=[10],
         ndcg_at_k=[10],
         accuracy_at_k=[1, 10],
@@ -284,53 +170,35 @@ def model_dir(params: Params, out_dir: Path) -> Path:
     return out_dir / params.paths.retriever_model.relative_to(params.paths.retriever_dir)
 
 
-def finetune(params: Params, tune: FinetuneRetrieverParams, out_dir: Path) -> dict[str, Any]:
-    """Build the pairs, mine, train and write `out_dir` (model/, train_metrics.json,
+def finetune(
+    params: Params,
+    tune: FinetuneRetrieverParams,
+    training_set: RetrieverTrainingSet,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Train the base encoder on `training_set` and write `out_dir` (model/, train_metrics.json,
     positives.json: `paths.retriever_model` and `retriever_positives` when it is
     `paths.retriever_dir`); returns the metrics. `tune` and `out_dir` may differ from params
     (the ablation)."""
     started = time.perf_counter()
     torch.set_num_threads(tune.threads or os.cpu_count() or 1)
-    docs = read_docs(params.paths.retrieval_docs)
-    splits = read_qa_splits(params.paths.retrieval_qa_dir)
-    passages = {d.id: passage_text(d, params.index.include_title) for d in docs}
     model = load_encoder(params.index.encoder, params.project_dir)
-    # Loading the base index with this model checks that it is the encoder that built it.
-    base = Retriever.load(
-        params.paths.index_dir,
-        Fusion.from_params(params.retrieval),
-        encoder=model,
-    )
     base_fingerprint = encoder_fingerprint(model)
-
-    pairs = training_pairs(splits["train"], set(passages), "real") if tune.use_real else []
-    if tune.use_synthetic:
-        synthetic_file = params.paths.synthetic_queries
-        # Empty when synthesize_queries kept no question (a weak generator, a small KB).
-        synthetic = read_qa(synthetic_file) if read_text(synthetic_file).strip() else []
-        pairs += training_pairs(synthetic, set(passages), "synthetic")
-    if not pairs:
-        raise InputError("finetune_retriever: no training pair has its gold doc in the KB")
-    mining: dict[str, int] = {}
-    negatives: list[list[str]] = [[] for _ in pairs]
-    if tune.negatives.count:
-        negatives, mining = mine_hard_negatives(
-            dense_search(base), pairs, list(passages), tune.negatives, tune.seed
+    if base_fingerprint != training_set.encoder_fingerprint:
+        raise InputError(
+            f"finetune_retriever: the training set was mined with encoder fingerprint "
+            f"{training_set.encoder_fingerprint}, but index.encoder {params.index.encoder!r} has "
+            f"{base_fingerprint}: rebuild the index and the set (dvc repro retriever_training_set)"
         )
-    dataset = training_dataset(pairs, negatives, passages)
-
-    dev = [r for r in splits["dev"] if set(r.doc_ids) & set(passages)]
-    hard = [
-        [hit.id for hit in hits]
-        for hits in base.search([r.question for r in dev], k=_EVAL_HARD_CANDIDATES, mode="dense")
-    ]
-    corpus_ids = evaluation_corpus(dev, hard, list(passages), tune.eval_corpus, tune.seed)
-    evaluator = dev_evaluator(dev, corpus_ids, passages)
-    counts = {source: sum(p.source == source for p in pairs) for source in ("real", "synthetic")}
+    dataset = training_dataset(training_set)
+    evaluator = dev_evaluator(training_set)
+    counts = pair_counts(training_set)
+    negatives = len(training_set.pairs[0].negatives)
+    corpus_docs = len(training_set.dev_corpus)
     print(
-        f"finetune_retriever: {len(pairs)} pairs ({counts['real']} real, "
-        f"{counts['synthetic']} synthetic), {tune.negatives.count} mined negatives each "
-        f"{mining or ''}; dev: {len(dev)} questions over {len(corpus_ids)} docs"
+        f"finetune_retriever: {len(training_set.pairs)} pairs ({counts['real']} real, "
+        f"{counts['synthetic']} synthetic), {negatives} hard negatives each; "
+        f"dev: {len(training_set.dev_queries)} questions over {corpus_docs} docs"
     )
     base_dev = dev_scores(evaluator, model)
 
@@ -340,8 +208,7 @@ def finetune(params: Params, tune: FinetuneRetrieverParams, out_dir: Path) -> di
         model.save_pretrained(str(model_dir(params, tmp)), safe_serialization=True)
         metrics = {
             "pairs": counts,
-            "mining": mining,
-            "dev_corpus_docs": len(corpus_ids),
+            "dev_corpus_docs": corpus_docs,
             "dev_base": base_dev,
             "dev_tuned": dev_scores(evaluator, model),
             **result,
@@ -351,7 +218,7 @@ def finetune(params: Params, tune: FinetuneRetrieverParams, out_dir: Path) -> di
         }
         write_json(tmp / "train_metrics.json", metrics)
         positives = params.paths.retriever_positives.relative_to(params.paths.retriever_dir)
-        write_json(tmp / positives, sorted({p.doc_id for p in pairs}))
+        write_json(tmp / positives, sorted({p.positive.id for p in training_set.pairs}))
     print(
         f"finetune_retriever: trained {result['steps']} steps in {result['train_seconds']:.0f} s "
         f"(stage {metrics['stage_seconds']:.0f} s); dev nDCG@10 over the dev corpus: base "
@@ -365,7 +232,8 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     out_dir = params.paths.retriever_dir
     with stage_run("finetune_retriever", params) as run:
-        metrics = finetune(params, params.finetune_retriever, out_dir)
+        training_set = read_training_set(params.paths.retriever_training_set)
+        metrics = finetune(params, params.finetune_retriever, training_set, out_dir)
         run.log_metrics({k: v for k, v in metrics.items() if k != "dev_history"})
 
 

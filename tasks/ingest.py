@@ -1,7 +1,8 @@
 """Stage `ingest`: turn a knowledge-base source and a QA source into the canonical JSONL files.
 
-The sources are read by `tasks.lib.kb.sources`; this stage marks which questions are
-answerable from their gold passages and splits them by group into train / dev / test.
+The sources are read by `tasks.lib.kb.sources`, with the updates folder's added, replaced and
+deleted docs applied; this stage marks which questions are answerable from their gold passages
+and splits them by group into train / dev / test.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from tasks.lib.core.config import Params, SplitParams, load_params
 from tasks.lib.core.io import atomic_path, run_stage, write_jsonl
 from tasks.lib.core.records import SPLITS, Doc, QARecord
 from tasks.lib.core.tracking import stage_run
-from tasks.lib.kb.sources import load_sources
+from tasks.lib.kb.sources import KbEdits, load_sources
 
 
 def mark_answerable(records: list[QARecord], docs: list[Doc]) -> list[QARecord]:
@@ -50,11 +51,12 @@ def split_by_group(records: list[QARecord], split: SplitParams) -> dict[str, lis
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     with stage_run("ingest", params) as run:
-        docs, records = load_sources(params.ingest)
+        docs, records, edits = load_sources(params.ingest)
         splits = split_by_group(mark_answerable(records, docs), params.ingest.split)
-        write_outputs(params, docs, splits)
+        write_outputs(params, docs, splits, edits)
         run.log_metrics(
             {"docs": len(docs)}
+            | edits.metrics()
             | {f"{name}_questions": len(split) for name, split in splits.items()}
             | {
                 f"{name}_answerable": sum(bool(r.answerable) for r in split)
@@ -63,7 +65,9 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         )
 
 
-def write_outputs(params: Params, docs: list[Doc], splits: dict[str, list[QARecord]]) -> None:
+def write_outputs(
+    params: Params, docs: list[Doc], splits: dict[str, list[QARecord]], edits: KbEdits
+) -> None:
     """Write the canonical files in place atomically and print the counts."""
 
     with atomic_path(params.paths.kb_docs) as docs_path:
@@ -73,6 +77,12 @@ def write_outputs(params: Params, docs: list[Doc], splits: dict[str, list[QAReco
             write_jsonl(qa_dir / f"{name}.jsonl", split_records)
 
     print(f"ingest: {len(docs)} docs")
+    if edits != KbEdits():
+        print(
+            f"ingest: updates folder: {edits.added} docs added, {edits.replaced} replaced, "
+            f"{edits.deleted} deleted; {edits.qa_unlinked} QA records lost a deleted gold doc, "
+            f"{edits.qa_dropped} of them dropped (no gold doc left)"
+        )
     for name, split_records in splits.items():
         answerable = sum(bool(r.answerable) for r in split_records)
         groups = len({r.group for r in split_records})

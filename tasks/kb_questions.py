@@ -14,40 +14,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from tasks.lib.core.answers import answer_in_text
 from tasks.lib.core.config import KbQuestionsParams, load_params
 from tasks.lib.core.io import InputError, atomic_path, run_stage, write_jsonl
 from tasks.lib.core.records import KB_SPLITS, Doc, QARecord, read_docs, read_qa_splits
 from tasks.lib.core.tracking import stage_run
-
-
-def description_of(doc: Doc) -> str:
-    return str(getattr(doc, "description", "") or "").strip()
-
-
-def eligible_docs(docs: list[Doc], params: KbQuestionsParams, excluded: set[str]) -> list[Doc]:
-    """Docs whose description is a usable answer: present, of bounded length, not a wiki stub."""
-    keep = []
-    for doc in docs:
-        words = len(description_of(doc).split())
-        if doc.id in excluded or not params.min_words <= words <= params.max_words:
-            continue
-        if "wikimedia" in description_of(doc).lower():
-            continue
-        keep.append(doc)
-    return keep
-
-
-def description_question(doc: Doc, template: str) -> QARecord:
-    description = description_of(doc)
-    return QARecord(
-        id=f"kb:{doc.id}",
-        question=template.format(title=doc.title),
-        answers=[description],
-        doc_ids=[doc.id],
-        group=f"kb:{doc.id}",
-        answerable=answer_in_text(description, doc.text),
-    )
+from tasks.lib.kb.questions import description_question, eligible_docs
 
 
 def make_kb_questions(

@@ -1,152 +1,309 @@
 """Stage `register`: register what evaluate judged, make it the challenger, run the gate.
 
-Inputs: the model folders the training stages wrote (`register.models`) and evaluate's
-`metrics.json`, `{system: {metric: value}}` on the held-out test split. The judged system's
-metrics are logged on this stage's run, which every new version points to, so the registry
-shows each version's numbers. The gate compares them with the champion *on the same test
-split*: evaluate's re-score of the champion (system `champion`) when it made one, else the
-champion's own numbers if they were computed on this very split; otherwise it refuses.
+Default mode: the model folders the training stages wrote (`register.models`) become new
+versions, the judged bundle pinning the others, and the gate's model rule judges the bundle.
+`--refresh`: a refreshed bundle (`--bundle`: the champion's registered models over an index of
+the changed KB) is registered alone, and the refresh rule judges it on an evaluation that
+holds a change set (`tasks.lib.serving.promotion`).
 
-Under DVC this stage runs only when a model or the metrics changed, so an unchanged pipeline
-never registers duplicate versions.
+Inputs, in `--evaluation` (default `paths.evaluate_dir`): evaluate's per-question scores, which
+the gate pairs question by question, and its means (metrics.json), logged on this stage's run,
+which every new version points to, so the registry shows each version's numbers. The
+reference is evaluate's re-score of the champion (system `champion`), which must be of the
+version that is champion now; without a re-score (default mode only), the scores the champion
+was itself judged on, if that was on this very test split; otherwise the gate refuses.
+
+Outputs: the decision with every interval and question count (`--decision`, default
+`register.decision_file`), the same on the MLflow run (metrics `gate.<metric>.diff/low/high`,
+tags) and on the new version's tags (`gate.decision`, `gate.summary`).
+
+Under DVC this stage runs only when a model or the evaluation changed, so an unchanged
+pipeline never registers duplicate versions.
+
+    python -m tasks.register [--refresh --bundle DIR] [--evaluation DIR] [--decision FILE]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-from collections.abc import Mapping
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tasks.lib.core.config import Params, load_params
 from tasks.lib.core.io import InputError, atomic_path, read_text, run_stage, write_json
-from tasks.lib.core.tracking import file_digest, numeric_metrics, stage_run
-from tasks.lib.serving.bundle import is_bundle, pin_components
-from tasks.lib.serving.promotion import Decision, Metrics, promotion_gate
+from tasks.lib.core.skipped import skipped_reason, write_skipped_file
+from tasks.lib.core.tracking import file_digest, numeric_metrics, run_name, stage_run
+from tasks.lib.serving.bundle import is_bundle, pin_components, pinned_components
+from tasks.lib.serving.promotion import Decision, model_gate, refresh_gate, refusal
 from tasks.lib.serving.registry import (
     CHAMPION,
     TEST_SPLIT_TAG,
     aliases,
     promote,
     register_models,
+    register_pinned,
     registry_client,
-    version_metrics,
+    version_pins,
+    version_run_file,
     version_run_tags,
+)
+from tasks.lib.serving.scores import (
+    CHANGE_SET,
+    TEST_SET,
+    SystemScores,
+    evaluation_files,
+    read_scores,
 )
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-RESCORED_CHAMPION = "champion"  # evaluate's key for the champion re-scored on this split
+RESCORED_CHAMPION = "champion"  # evaluate's system name for the champion it re-scored
+SCORES_ARTIFACT = "evaluation"  # run artifact folder: the scores this gate judged on
+EMPTY = SystemScores((), {})
+NOTHING_REFRESHED = "nothing refreshed"
 
 
-def read_system_metrics(path: Path) -> dict[str, dict[str, float]]:
-    """evaluate's metrics.json as {system: {metric: value}}, metric names MLflow-safe."""
+def read_system_metrics(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, Any] | None]:
+    """evaluate's metrics.json: ({system: {metric: mean}} on the test set, the change set's
+    entry or None when evaluate had none), metric names MLflow-safe."""
     try:
         raw = json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise InputError(f"{path}: not valid JSON: {err.msg}") from err
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
         raise InputError(f"{path}: expected {{system: {{metric: value}}}}")
-    return {system: numeric_metrics(values) for system, values in raw.items()}
+    change = raw.pop(CHANGE_SET, None)
+    return {system: numeric_metrics(values) for system, values in raw.items()}, change
 
 
-def gate_inputs(
-    systems: Mapping[str, Metrics], params: Params, where: Path
-) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """The candidate's metrics and the baselines', by the names params give them."""
-    gate = params.register_.gate
-    missing = [s for s in [gate.candidate, *gate.baselines] if s not in systems]
-    if missing:
-        raise InputError(f"{where}: no metrics for system(s) {missing} (have {sorted(systems)})")
-    baselines = {name: dict(systems[name]) for name in gate.baselines}
-    return dict(systems[gate.candidate]), baselines
+def scores_of(
+    scores: dict[tuple[str, str], SystemScores], question_set: str, system: str, where: Path
+) -> SystemScores:
+    found = scores.get((question_set, system))
+    if found is None:
+        have = sorted(s for q, s in scores if q == question_set)
+        raise InputError(f"{where}: no {question_set} scores of {system!r} (have {have})")
+    return found
+
+
+def own_scores(
+    client: MlflowClient, model: str, version: str, test_split: str, params: Params
+) -> tuple[SystemScores | None, str]:
+    """The scores `version` was itself judged on (its register run keeps them), if they were
+    on this very test split: a champion that evaluate did not re-score."""
+    if version_run_tags(client, model, version).get(TEST_SPLIT_TAG) != test_split:
+        return None, f"champion v{version} was scored on another test split: re-score it"
+    artifact = f"{SCORES_ARTIFACT}/{params.paths.evaluate_scores.name}"
+    with tempfile.TemporaryDirectory(prefix="ragloop-scores.") as tmp:
+        path = version_run_file(client, model, version, artifact, Path(tmp))
+        stored = read_scores(path) if path is not None else {}
+    own = stored.get((TEST_SET, params.register_.gate.candidate))
+    if own is None:
+        return None, f"champion v{version} has no per-question scores on record: re-score it"
+    return own, f"champion v{version}: the scores it was judged on, same test split"
 
 
 def champion_reference(
-    client: MlflowClient, model: str, test_split: str, rescored: Metrics | None
-) -> tuple[bool, dict[str, float] | None, str]:
-    """(comparable, champion metrics or None when there is no champion, how they were found)."""
-    champion = aliases(client, model).get(CHAMPION)
-    if champion is None:
-        return True, None, "no champion yet: the candidate must beat the baselines"
-    if rescored is not None:
-        return True, dict(rescored), f"champion v{champion} re-scored by evaluate on this split"
-    if version_run_tags(client, model, champion).get(TEST_SPLIT_TAG) == test_split:
-        return True, version_metrics(client, model, champion), f"champion v{champion}, same split"
-    return False, None, f"champion v{champion} was scored on another test split: re-score it"
-
-
-def judge(
     client: MlflowClient,
     model: str,
-    version: str,
-    candidate: Metrics,
-    baselines: Mapping[str, Metrics],
-    rescored_champion: Metrics | None,
+    scores: dict[tuple[str, str], SystemScores],
+    test_split: str | None,
+    params: Params,
+) -> tuple[bool, SystemScores | None, str]:
+    """(comparable, the champion's test scores or None when there is no champion, how they
+    were found). `test_split` None: only a re-score will do."""
+    current = aliases(client, model).get(CHAMPION)
+    rescored = scores.get((TEST_SET, RESCORED_CHAMPION))
+    if rescored is not None:
+        if rescored.version != current:
+            now = f"v{current}" if current else "none"
+            stale = (
+                f"evaluate re-scored champion v{rescored.version}, but the champion is now "
+                f"{now}: rerun evaluate to judge against the current one"
+            )
+            return False, None, stale
+        return True, rescored, f"champion v{current} re-scored by evaluate on these questions"
+    if current is None:
+        return True, None, "no champion yet: the candidate must beat the best baseline"
+    if test_split is None:
+        return False, None, f"evaluate did not re-score champion v{current}"
+    own, how = own_scores(client, model, current, test_split, params)
+    return own is not None, own, how
+
+
+def judge_model(
+    client: MlflowClient,
+    model: str,
+    scores: dict[tuple[str, str], SystemScores],
     test_split: str,
     params: Params,
+    where: Path,
 ) -> Decision:
-    """Run the gate for `version` of `model` and promote it when the rule holds."""
-    comparable, champion, how = champion_reference(client, model, test_split, rescored_champion)
+    """The model rule: the candidate against the champion, or the best baseline with none."""
+    gate = params.register_.gate
+    candidate = scores_of(scores, TEST_SET, gate.candidate, where)
+    questions = {TEST_SET: len(candidate.ids)}
+    comparable, champion, how = champion_reference(client, model, scores, test_split, params)
     if not comparable:
-        decision = Decision(
-            promote=False, against="champion", reasons=[f"keep the champion: {how}"]
-        )
+        return refusal("model", how, questions, gate.confidence)
+    if champion is None:
+        baselines = {
+            name: scores_of(scores, TEST_SET, name, where).aligned_to(candidate.ids, name).metrics
+            for name in gate.baselines
+        }
+        decision = model_gate(candidate.metrics, None, baselines, gate)
     else:
-        decision = promotion_gate(candidate, champion, baselines, params.register_.gate)
-        decision.reasons.insert(1, how)
-    if decision.promote:
-        promote(client, model, version, by="gate")
+        reference = champion.aligned_to(candidate.ids, "champion")
+        decision = model_gate(candidate.metrics, reference.metrics, {}, gate)
+    decision.reasons.insert(1, how)
     return decision
 
 
-def main(params_file: Path = Path("params.yaml")) -> None:
-    params = load_params(params_file)
-    reg = params.register_
-    metrics_path = params.paths.evaluate_metrics
-    systems = read_system_metrics(metrics_path)
-    candidate, baselines = gate_inputs(systems, params, metrics_path)
-    rescored = systems.get(RESCORED_CHAMPION)
-    test_file = params.paths.retrieval_qa_dir / "test.jsonl"
-    test_split = file_digest(test_file)
-    folders = {name: folder for name, folder in reg.models.items()}
-    for name, folder in folders.items():
-        if not folder.is_dir():
-            raise InputError(f"{folder}: no model folder for {name!r} (did its stage run?)")
+def judge_refresh(
+    client: MlflowClient,
+    model: str,
+    scores: dict[tuple[str, str], SystemScores],
+    change_size: int,
+    params: Params,
+    where: Path,
+) -> Decision:
+    """The refresh rule: non-inferior on the test set, better on the changed docs' questions."""
+    gate = params.register_.gate
+    candidate = scores_of(scores, TEST_SET, gate.candidate, where)
+    questions = {TEST_SET: len(candidate.ids), CHANGE_SET: change_size}
+    comparable, champion, how = champion_reference(client, model, scores, None, params)
+    if not comparable or champion is None:
+        return refusal("refresh", how, questions, gate.confidence)
+    change, change_champion = EMPTY, EMPTY
+    if change_size:
+        change = scores_of(scores, CHANGE_SET, gate.candidate, where)
+        change_champion = scores_of(scores, CHANGE_SET, RESCORED_CHAMPION, where)
+        change_champion = change_champion.aligned_to(change.ids, "champion on the change set")
+    decision = refresh_gate(
+        candidate.metrics,
+        champion.aligned_to(candidate.ids, "champion").metrics,
+        change.metrics,
+        change_champion.metrics,
+        gate,
+    )
+    decision.reasons.insert(1, how)
+    return decision
 
-    with stage_run("register", params) as run:
+
+def refresh_pins(client: MlflowClient, model: str, bundle: Path) -> dict[str, str]:
+    """The refreshed bundle's component versions, which must be the champion's own."""
+    pins = pinned_components(bundle)
+    champion = aliases(client, model).get(CHAMPION)
+    if champion is None:
+        raise InputError(f"{model}: no champion to refresh; run the pipeline first")
+    serving = version_pins(client, model, champion)
+    if pins != serving:
+        raise InputError(
+            f"{bundle}: pins {pins}, but champion v{champion} serves {serving}: a refresh keeps "
+            "the champion's models (rebuild the bundle from them)"
+        )
+    return pins
+
+
+def record_decision(
+    client: MlflowClient, run: Any, model: str, version: str, decision: Decision
+) -> None:
+    """The decision on the run (metrics, tags) and on the judged version (tags)."""
+    verdict = "promote" if decision.promote else "keep"
+    summary = json.dumps(decision.summary(), separators=(",", ":"))
+    run.log_metrics(decision.metrics())
+    run.set_tags(
+        {
+            "gate.decision": verdict,
+            "gate.rule": decision.rule,
+            "gate.against": decision.against,
+            "gate.summary": summary,
+        }
+    )
+    client.set_model_version_tag(model, version, "gate.decision", verdict)
+    client.set_model_version_tag(model, version, "gate.summary", summary)
+
+
+def main(
+    params_file: Path = Path("params.yaml"),
+    refresh: bool = False,
+    bundle: Path | None = None,
+    evaluation: Path | None = None,
+    decision_file: Path | None = None,
+) -> None:
+    params = load_params(params_file)
+    reg, gate = params.register_, params.register_.gate
+    if refresh and evaluation is not None and skipped_reason(evaluation) is not None:
+        # One constant marker, whatever the reason: the retrain path's evaluate depends on this
+        # file and must not rerun because the refresh path's reason for resting changed.
+        write_skipped_file(decision_file or reg.decision_file, NOTHING_REFRESHED)
+        print(f"register: {NOTHING_REFRESHED} ({skipped_reason(evaluation)})")
+        return
+    metrics_path, scores_path = evaluation_files(params.paths, evaluation)
+    systems, change = read_system_metrics(metrics_path)
+    scores = read_scores(scores_path)
+    if gate.candidate not in systems:
+        raise InputError(f"{metrics_path}: no metrics for {gate.candidate!r} ({sorted(systems)})")
+    out_file = decision_file if decision_file is not None else reg.decision_file
+    test_split = file_digest(params.paths.retrieval_qa_dir / "test.jsonl")
+    bundle_dir = bundle if bundle is not None else params.paths.bundle_dir
+    if refresh and change is None:
+        raise InputError(
+            f"{metrics_path}: no change set: evaluate the refreshed bundle with "
+            "--change-questions (an empty file when no doc was added or modified)"
+        )
+    if not refresh:
+        if bundle is not None:
+            raise InputError("register: --bundle names a refreshed bundle: use it with --refresh")
+        for name, folder in reg.models.items():
+            if not folder.is_dir():
+                raise InputError(f"{folder}: no model folder for {name!r} (did its stage run?)")
+
+    with stage_run(run_name("register", bundle_dir if refresh else None), params) as run:
         if run.run_id is None:
             raise InputError("register: the registry lives in MLflow; set tracking.enabled: true")
         run.set_tags({TEST_SPLIT_TAG: test_split})
-        run.log_metrics(candidate)
-        run.log_metrics(baselines, prefix="baseline.")
+        run.log_metrics(systems[gate.candidate])
+        run.log_metrics({s: systems[s] for s in gate.baselines if s in systems}, "baseline.")
+        run.log_metrics(change or {}, prefix=f"{CHANGE_SET}.")
+        run.log_artifact(scores_path, SCORES_ARTIFACT)
         client = registry_client(params)
-        pin_into = pin_components if is_bundle(folders[reg.judged]) else None
-        versions = register_models(client, run.run_id, folders, reg.judged, pin_into)
-        decision = judge(
-            client,
-            reg.judged,
-            versions[reg.judged],
-            candidate,
-            baselines,
-            rescored,
-            test_split,
-            params,
-        )
-        run.log_metrics(decision.metrics())
-        run.set_tags({"gate.decision": "promote" if decision.promote else "keep"})
+        if refresh:
+            pins = refresh_pins(client, reg.judged, bundle_dir)
+            versions = {
+                reg.judged: register_pinned(client, run.run_id, reg.judged, bundle_dir, pins)
+            }
+            change_size = int(change["n"]) if change else 0
+            decision = judge_refresh(client, reg.judged, scores, change_size, params, scores_path)
+        else:
+            pin_into = pin_components if is_bundle(reg.models[reg.judged]) else None
+            versions = register_models(client, run.run_id, reg.models, reg.judged, pin_into)
+            decision = judge_model(client, reg.judged, scores, test_split, params, scores_path)
+        version = versions[reg.judged]
+        if decision.promote:
+            promote(client, reg.judged, version, by="gate", decision=decision.summary())
+        record_decision(client, run, reg.judged, version, decision)
         report = decision.to_dict() | {"model": reg.judged, "versions": versions}
-        with atomic_path(reg.decision_file) as out:
+        with atomic_path(out_file) as out:
             write_json(out, report)
-        run.log_artifact(reg.decision_file)
+        run.log_artifact(out_file)
 
     print(f"register: versions {versions} (alias challenger)")
     for reason in decision.reasons:
         print(f"register: {reason}")
     verdict = "promoted to champion" if decision.promote else "not promoted"
-    print(f"register: {reg.judged} v{versions[reg.judged]} {verdict}")
+    print(f"register: {reg.judged} v{version} {verdict} ({decision.rule} rule)")
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--refresh", action="store_true", help="judge a refreshed index bundle")
+    parser.add_argument("--bundle", type=Path, help="the refreshed bundle (with --refresh)")
+    parser.add_argument("--evaluation", type=Path, help="evaluate's output folder to judge on")
+    parser.add_argument("--decision", type=Path, help="decision file (register.decision_file)")
+    args = parser.parse_args()
+    run_stage(lambda: main(args.params, args.refresh, args.bundle, args.evaluation, args.decision))

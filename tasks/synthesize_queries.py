@@ -5,7 +5,8 @@ KB may come with none. The generator (prepare_generator's SmolLM2 folder) reads 
 one question about it; the pair (question, doc) is a free training label. A small model often
 writes vague questions ("What is the purpose of a laser?" for an optics article), so a question is
 kept only when it is round-trip consistent: the base retriever, searching the whole KB, ranks its
-source doc in the top `round_trip_k`.
+source doc in the top `round_trip_k` (the doc-to-query steps are `tasks.lib.generation.doc_queries`,
+which `refresh_questions` shares).
 
 Docs are a seeded sample that excludes every gold doc of the dev and test QA splits. Dev gold
 docs pick the best checkpoint, and test gold docs are what the final numbers measure: a question
@@ -27,131 +28,30 @@ Outputs in `paths.synthetic_queries_dir`:
 from __future__ import annotations
 
 import os
-import random
-import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
-from tasks.lib.core.config import PathsParams, SynthesizeQueriesParams, load_params
+from tasks.lib.core.config import PathsParams, load_params
 from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json, write_jsonl
-from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
+from tasks.lib.core.records import QARecord, read_docs, read_qa_splits
 from tasks.lib.core.tracking import stage_run
-from tasks.lib.generation.generator import generate_answers, uses_chat_template
-from tasks.lib.generation.loader import load_generator
-from tasks.lib.retrieval.retriever import Fusion, Retriever
+from tasks.lib.generation.doc_queries import (
+    filter_questions,
+    generate_questions,
+    load_base_generator,
+    normalize_question,
+    sample_docs,
+)
+from tasks.lib.retrieval.retriever import Fusion, Retriever, round_trip_ranks
 
-ID_PREFIX = "syn:"
 EVALUATION_SPLITS = ("dev", "test")
-_LEAD_IN = re.compile(r"^\s*(?:\*\*)?(?:question|q)\s*\d*\s*[:.)-]\s*(?:\*\*)?\s*", re.IGNORECASE)
-_MIN_WORDS, _MAX_WORDS = 3, 40
 
 
 def evaluation_gold_docs(qa_splits: dict[str, list[QARecord]]) -> set[str]:
     return {d for split in EVALUATION_SPLITS for r in qa_splits.get(split, []) for d in r.doc_ids}
-
-
-def sample_docs(docs: list[Doc], excluded: set[str], n: int, seed: int) -> list[Doc]:
-    """A seeded sample of `n` docs (fewer if the KB is small), none of them in `excluded`."""
-    pool = sorted((d for d in docs if d.id not in excluded), key=lambda d: d.id)
-    return random.Random(seed).sample(pool, min(n, len(pool)))
-
-
-def doc_prompt(
-    tokenizer: PreTrainedTokenizerBase, doc: Doc, params: SynthesizeQueriesParams
-) -> str:
-    """The params prompt with the doc's title and first `doc_words` words, as a chat user turn."""
-    text = " ".join(doc.text.split()[: params.doc_words])
-    user = params.prompt.replace("{title}", doc.title).replace("{text}", text)
-    if not uses_chat_template(tokenizer):
-        return f"{user}\nQuestion:"
-    messages = [{"role": "user", "content": user}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def clean_question(generated: str) -> str | None:
-    """The first line, without a "Question:" lead-in or quotes, if it is one question.
-
-    A small model sometimes answers, chats or writes several questions instead: a line that
-    does not end in "?" once, or is too short or long to be a search query, is refused.
-    """
-    lines = [line.strip() for line in generated.strip().splitlines() if line.strip()]
-    if not lines:
-        return None
-    question = _LEAD_IN.sub("", lines[0]).strip().strip("\"'“”").strip()
-    words = len(question.split())
-    if not question.endswith("?") or question.count("?") != 1:
-        return None
-    return question if _MIN_WORDS <= words <= _MAX_WORDS else None
-
-
-def normalize_question(question: str) -> str:
-    return " ".join(question.casefold().split())
-
-
-def round_trip_ranks(
-    retriever: Retriever, questions: list[str], source_ids: list[str], k: int
-) -> list[int | None]:
-    """1-based rank of each question's source doc in the dense top-k over the whole KB."""
-    ranks: list[int | None] = []
-    rankings = retriever.dense(questions, k) if questions else []
-    for ranking, source in zip(rankings, source_ids, strict=True):
-        ids = [retriever.docs[row]["id"] for row, _ in ranking]
-        ranks.append(ids.index(source) + 1 if source in ids else None)
-    return ranks
-
-
-def filter_questions(
-    docs: list[Doc],
-    generated: list[str],
-    ranks_of: Callable[[list[str], list[str]], list[int | None]],
-    k: int,
-    forbidden: set[str],
-) -> tuple[list[QARecord], list[dict[str, Any]]]:
-    """Keep parsable, new, round-trip-consistent questions; say why each other one was dropped.
-
-    `ranks_of(questions, source_ids)` gives the source docs' ranks (a function, so the retrieval
-    runs once over the questions that survived the cheap checks).
-    """
-    rejected: list[dict[str, Any]] = []
-    candidates: list[tuple[Doc, str]] = []
-    seen = set(forbidden)
-    for doc, text in zip(docs, generated, strict=True):
-        question = clean_question(text)
-        key = normalize_question(question) if question else ""
-        if question is None or key in seen:
-            reason = (
-                "not_a_question"
-                if question is None
-                else ("evaluation_question" if key in forbidden else "duplicate")
-            )
-            rejected.append({"doc_id": doc.id, "generated": text, "reason": reason})
-            continue
-        seen.add(key)
-        candidates.append((doc, question))
-
-    ranks = ranks_of([q for _, q in candidates], [d.id for d, _ in candidates])
-    kept: list[QARecord] = []
-    for (doc, question), rank in zip(candidates, ranks, strict=True):
-        if rank is None:
-            rejected.append(
-                {"doc_id": doc.id, "generated": question, "reason": f"source_not_in_top_{k}"}
-            )
-            continue
-        kept.append(
-            QARecord(
-                id=f"{ID_PREFIX}{doc.id}",
-                question=question,
-                answers=[],
-                doc_ids=[doc.id],
-                group=f"{ID_PREFIX}{doc.id}",
-            )
-        )
-    return kept, rejected
 
 
 def write_outputs(
@@ -186,16 +86,11 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     forbidden = {normalize_question(r.question) for s in EVALUATION_SPLITS for r in qa_splits[s]}
     chosen = sample_docs(docs, excluded, synth.n_docs, synth.seed)
 
-    folder = params.paths.generator_base_dir
-    if folder.is_dir():
-        model, tokenizer = load_generator(folder)
-    else:  # not prepared yet (a run outside dvc): convert in memory, slower
-        print(f"synthesize_queries: {folder} missing, loading {params.prepare_generator.model}")
-        model, tokenizer = load_generator(params.prepare_generator.model)
-    model.eval()
-    prompts = [doc_prompt(tokenizer, doc, synth) for doc in chosen]
+    model, tokenizer = load_base_generator(
+        params.paths.generator_base_dir, params.prepare_generator.model, "synthesize_queries"
+    )
     started = time.perf_counter()
-    generated = generate_answers(model, tokenizer, prompts, synth.batch_size, synth.max_new_tokens)
+    generated = generate_questions(model, tokenizer, chosen, synth)
     seconds = time.perf_counter() - started
     del model
 

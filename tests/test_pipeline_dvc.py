@@ -3,37 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.support.projects import REPO, make_project
+from tests.support.projects import dvc, init_dvc_project, make_project, ran_stages
 
 FOUNDATION = ("ingest", "validate", "dedup")
-
-
-def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def ran_stages(output: str) -> list[str]:
-    return [s for s in FOUNDATION if f"Running stage '{s}'" in output]
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +18,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DVC project with the repo's stages, code and dvc.yaml, and a tiny KB."""
     root = tmp_path_factory.mktemp("dvc_project")
     make_project(root)
-    shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
-    kept = {name: stage for name, stage in stages.items() if name in FOUNDATION}
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": kept}, sort_keys=False), "utf-8")
-    dvc(root, "init", "--no-scm", "-q")
-    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")  # folder code deps skip __pycache__
-    dvc(root, "config", "core.analytics", "false")
-    dvc(root, "config", "core.site_cache_dir", "site_cache")
+    init_dvc_project(root, FOUNDATION)
     return root
 
 

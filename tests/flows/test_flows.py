@@ -1,8 +1,11 @@
-"""The real retrain and watch flows, through DVC, under Prefect's test harness, on a tiny KB.
+"""The real retrain, refresh and watch flows, through DVC, under Prefect's test harness, on a
+tiny KB.
 
-The project holds the repo's foundation stages plus a `probe` stage that exists only here: it
-shows that a stage added to dvc.yaml joins the flow with no code change, and that a stage
-run by `dvc repro` nests its MLflow run under the flow's parent run.
+The project holds the repo's foundation stages plus two stages that exist only here: `probe`
+shows that a stage added to dvc.yaml joins the flow with no code change, and that a stage run
+by `dvc repro` nests its MLflow run under the flow's parent run; `refresh_register` stands in
+for the refresh gate (it leaves the "nothing to refresh" marker), so the refresh flow runs
+exactly the stages it needs and not `probe`.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from flows.kb_state import STATE_FILE, source_fingerprint
 from flows.retrain import pipeline_stages
 from flows.watch import watch
 from tasks.lib.core.config import load_params
+from tasks.lib.core.tracking import ensure_experiment
+from tasks.lib.serving.registry import promote, register_folder, registry_client
 from tests.support.projects import REPO, make_project, project_mlflow_client
 
 FOUNDATION = ("ingest", "validate", "dedup")
+REFRESH_GATE = "refresh_register"
 PROBE = '''"""A stage that exists only in this test project: it logs dedup's metrics."""
 import json
 from pathlib import Path
@@ -36,6 +42,13 @@ from tasks.lib.core.tracking import stage_run
 with stage_run("probe", load_params(Path("params.yaml"))) as run:
     run.log_metrics(json.loads(Path("data/dedup/metrics.json").read_text()))
     Path("data/probe.json").write_text(json.dumps({"run_id": run.run_id}))
+'''
+REFRESH_PROBE = '''"""Stands in for the refresh gate: after dedup, it says why it did nothing."""
+import json
+from pathlib import Path
+
+Path("data/refresh").mkdir(exist_ok=True)
+Path("data/refresh/decision.json").write_text(json.dumps({"nothing_to_refresh": "a probe"}))
 '''
 
 
@@ -54,12 +67,18 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "probe.py").write_text(PROBE, encoding="utf-8")
+    (root / "refresh_probe.py").write_text(REFRESH_PROBE, encoding="utf-8")
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     kept = {name: stage for name, stage in stages.items() if name in FOUNDATION}
     kept["probe"] = {
         "cmd": "python probe.py",
         "deps": ["probe.py", "data/dedup/metrics.json"],
         "outs": [{"data/probe.json": {"cache": False}}],
+    }
+    kept[REFRESH_GATE] = {
+        "cmd": "python refresh_probe.py",
+        "deps": ["refresh_probe.py", "data/dedup/metrics.json"],
+        "outs": [{"data/refresh/decision.json": {"cache": False}}],
     }
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": kept}, sort_keys=False), "utf-8")
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
@@ -83,22 +102,26 @@ def parent_runs(params_file: Path) -> list:
 
 
 def test_stage_order_comes_from_dvc(project: Path) -> None:
-    assert pipeline_stages(project.parent) == [*FOUNDATION, "probe"]
+    assert pipeline_stages(project.parent) == [*FOUNDATION, "probe", REFRESH_GATE]
+    assert pipeline_stages(project.parent, REFRESH_GATE) == [*FOUNDATION, REFRESH_GATE]
+    with pytest.raises(ValueError, match="no stage 'nope'"):
+        pipeline_stages(project.parent, "nope")
 
 
 def test_watch_retrains_a_new_kb_end_to_end_then_rests(project: Path) -> None:
     root = project.parent
     result = watch(str(project))
     assert result["changed"]
-    retrain = result["retrain"]
-    assert retrain["ran"] == [*FOUNDATION, "probe"]
+    assert result["flow"] == "retrain"  # no champion yet: nothing to refresh
+    retrain = result["result"]
+    assert retrain["ran"] == [*FOUNDATION, "probe", REFRESH_GATE]
     assert json.loads((root / "data/dedup/metrics.json").read_text())["docs_out"] == 9
 
     # MLflow and Prefect point at each other; the probe stage nested under the parent run.
     client = project_mlflow_client(project)
     parent = client.get_run(retrain["mlflow_run_id"])
     assert parent.data.tags["prefect.flow_run_id"] == retrain["flow_run_id"]
-    assert parent.data.tags["stages_ran"] == "ingest,validate,dedup,probe"
+    assert parent.data.tags["stages_ran"] == f"ingest,validate,dedup,probe,{REFRESH_GATE}"
     probe_run = client.get_run(json.loads((root / "data/probe.json").read_text())["run_id"])
     assert probe_run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert probe_run.data.metrics["docs_out"] == 9.0
@@ -111,7 +134,12 @@ def test_watch_retrains_a_new_kb_end_to_end_then_rests(project: Path) -> None:
     # Same KB: no retrain flow, no MLflow run, nothing touched.
     lock = (root / "dvc.lock").read_bytes()
     again = watch(str(project))
-    assert again == {"changed": False, "fingerprint": state["fingerprint"], "retrain": None}
+    assert again == {
+        "changed": False,
+        "fingerprint": state["fingerprint"],
+        "flow": None,
+        "result": None,
+    }
     assert len(parent_runs(project)) == 1
     assert (root / "dvc.lock").read_bytes() == lock
 
@@ -145,3 +173,27 @@ def test_new_bad_doc_triggers_retrain_that_stops_at_validate(project: Path) -> N
         new_doc.unlink()
     # The KB is back to what the last success consumed: the watcher rests.
     assert not watch(str(project))["changed"]
+
+
+def test_with_a_champion_a_kb_change_starts_the_refresh_path_only(project: Path) -> None:
+    root = project.parent
+    params = load_params(project)
+    client = registry_client(params)
+    run_id = client.create_run(ensure_experiment(params)).info.run_id
+    judged = params.register_.judged
+    promote(client, judged, register_folder(client, judged, root / "my_kb", run_id), by="test")
+    probe = (root / "data/probe.json").read_bytes()
+    (root / "my_kb/comet.md").write_text("# Comet\n\nA comet has a bright tail.\n", "utf-8")
+
+    result = watch(str(project))
+    assert result["changed"] and result["flow"] == "refresh"
+    refresh = result["result"]
+    assert refresh["stages"] == refresh["ran"] == [*FOUNDATION, REFRESH_GATE]
+    assert refresh["gate"] == {"nothing_to_refresh": "a probe"}
+    assert (root / "data/probe.json").read_bytes() == probe  # not upstream of the gate
+    assert json.loads((root / "data/dedup/metrics.json").read_text())["docs_out"] == 10
+    parent = project_mlflow_client(project).get_run(refresh["mlflow_run_id"])
+    assert parent.data.tags["gate.decision"] == "skipped"
+    assert parent.data.tags["stages_ran"] == f"ingest,validate,dedup,{REFRESH_GATE}"
+    # The refresh consumed this KB: the watcher rests.
+    assert watch(str(project))["changed"] is False

@@ -5,7 +5,7 @@ a random-init 2-layer BERT encoder and a random-init 2-layer Llama generator, ev
 and a real sqlite MLflow store with its registry in the project folder. The models know nothing,
 so the gate may well refuse the first champion: the test accepts either decision and checks that
 the registry, the decision file and the served bundle agree with it. A second run with nothing
-changed must do nothing at all, and so must the watcher.
+changed must do nothing but re-read the registry, and the watcher nothing at all.
 """
 
 from __future__ import annotations
@@ -207,7 +207,8 @@ def test_first_run_runs_every_stage_registers_challengers_and_gates(
     for name in MODELS:
         assert aliases(client, name)[CHALLENGER] == "1"
         assert client.get_model_version(name, "1").run_id == register_run.info.run_id
-    assert client.get_model_version(RAG, "1").tags == {
+    rag_tags = client.get_model_version(RAG, "1").tags
+    assert {k: v for k, v in rag_tags.items() if k.startswith("pin.")} == {
         "pin.ragloop-retriever": "1",
         "pin.ragloop-generator": "1",
     }
@@ -224,9 +225,21 @@ def test_first_run_runs_every_stage_registers_challengers_and_gates(
     assert decision["model"] == RAG
     assert decision["versions"] == {name: "1" for name in MODELS}
     assert decision["against"] == "baselines"  # no champion before the first run
+    assert decision["rule"] == "model"
+    # Paired with a baseline question by question, on every test question.
+    n_test = len((root / "data/dedup/qa/test.jsonl").read_text(encoding="utf-8").splitlines())
+    assert decision["questions"] == {"test": n_test}
+    (primary,) = [c for c in decision["checks"] if c["role"] == "primary"]
+    assert primary["reference_name"] in gate.baselines and primary["n"] == n_test
+    assert primary["low"] <= primary["diff"] <= primary["high"]
+    scores = (root / "data/evaluate/scores.jsonl").read_text(encoding="utf-8").splitlines()
+    scored = {(row["set"], row["system"]) for row in map(json.loads, scores)}
+    assert scored == {("test", s) for s in (gate.candidate, *gate.baselines)}  # no champion
     verdict = "promote" if decision["promote"] else "keep"
     assert parent.data.tags["gate.decision"] == verdict
     assert register_run.data.tags["gate.decision"] == verdict
+    assert rag_tags["gate.decision"] == verdict
+    assert json.loads(rag_tags["gate.summary"])["questions"] == {"test": n_test}
     champions = {name: aliases(client, name).get(CHAMPION) for name in MODELS}
     failed = [check for check in decision["checks"] if not check["passed"]]
     if decision["promote"]:
@@ -276,7 +289,9 @@ def test_second_run_with_nothing_changed_does_nothing(
     versions = registry_versions(client)
     again = retrain(str(project))
     assert again["stages"] == first_run["stages"]
-    assert again["ran"] == []  # DVC skipped every stage
+    # DVC skipped every stage but kb_changes, which reads the registry (always_changed): it
+    # wrote the same change set, so nothing after it ran.
+    assert again["ran"] == ["kb_changes"]
     assert again["gate"] is None
     assert client.get_run(again["mlflow_run_id"]).data.tags["gate.decision"] == "none"
     assert len(runs_of_stage(client, project, "register")) == 1  # the gate was not called
@@ -291,6 +306,6 @@ def test_watcher_rests_when_the_kb_is_unchanged(
     lock = (root / "dvc.lock").read_bytes()
     pipelines = len(runs_of_stage(client, project, "pipeline"))
     result = watch(str(project))
-    assert result["changed"] is False and result["retrain"] is None
+    assert result["changed"] is False and result["result"] is None
     assert len(runs_of_stage(client, project, "pipeline")) == pipelines
     assert (root / "dvc.lock").read_bytes() == lock

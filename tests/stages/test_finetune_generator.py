@@ -1,5 +1,6 @@
 """Generator fine-tuning offline on a tiny Llama (LoRA and full; merged model reloads), and the
-generator data plumbing: KB questions, retrieved contexts, evaluation."""
+generator data plumbing: KB questions, retrieved contexts, the training set (the one thing the
+training stage reads), evaluation."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from peft import PeftModel
 from transformers import (
     AutoModelForCausalLM,
@@ -17,6 +19,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from tasks import finetune_generator, generator_training_set
 from tasks.evaluate_generation import GeneratorSystem, evaluate_generation
 from tasks.finetune_generator import finetune
 from tasks.kb_questions import make_kb_questions
@@ -27,10 +30,11 @@ from tasks.lib.core.config import (
     KbQuestionsParams,
     LoraParams,
 )
-from tasks.lib.core.io import InputError
+from tasks.lib.core.io import InputError, write_jsonl
 from tasks.lib.core.records import Doc, QARecord
-from tasks.lib.generation.data import generation_items, with_gold
+from tasks.lib.generation.data import generation_items, read_items, with_gold, write_items
 from tasks.lib.generation.generator import generate_answers, item_prompt
+from tests.support.projects import REPO, moved_away
 from tests.support.tiny_generator import INSTRUCTIONS, items, make_tiny_generator, tiny_tokenizer
 
 GENERATOR = GeneratorParams(top_k=2, passage_tokens=12, max_new_tokens=6, instructions=INSTRUCTIONS)
@@ -207,3 +211,100 @@ def test_a_seq2seq_generator_without_chat_template_trains_and_answers(tmp_path: 
     assert prompts[0].endswith("\nAnswer:") and "<|im_start|>" not in prompts[0]
     answers = generate_answers(model, tokenizer, prompts, batch_size=3, max_new_tokens=6)
     assert answers == ["blue device", "Coastal tower", "slow river of ice"]
+
+
+def qa(record_id: str, gold: str, answerable: bool | None = None) -> QARecord:
+    return QARecord(
+        id=record_id,
+        question=f"What is {gold} ?",
+        answers=[gold],
+        doc_ids=[gold],
+        group=record_id,
+        answerable=answerable,
+    )
+
+
+def make_generator_project(root: Path, base: Path) -> Path:
+    """The generator side's inputs written by hand: a KB, real and KB questions, contexts."""
+    docs = [doc(d, f"{d} thing") for d in ("widget", "lighthouse", "glacier", "river")]
+    splits = {
+        "train": [qa("t1", "widget", True), qa("t2", "glacier", False)],
+        "dev": [qa("d1", "lighthouse", True), qa("d2", "river", False)],
+        "test": [qa("x1", "river", True)],
+    }
+    kb = {"train": [qa("kb:river", "river", True)], "dev": [qa("kb:widget", "widget", True)]}
+    contexts = {  # t2 and d1 miss their gold doc in the top 2
+        "t1": ["widget", "river"],
+        "t2": ["river", "widget", "glacier"],
+        "d1": ["glacier", "river", "lighthouse"],
+        "d2": ["river", "glacier"],
+        "kb:river": ["river", "lighthouse"],
+        "kb:widget": ["lighthouse", "widget"],
+    }
+    write_jsonl(root / "kb.jsonl", docs)
+    for split, records in splits.items():
+        write_jsonl(root / "qa" / f"{split}.jsonl", records)
+    for split, records in kb.items():
+        write_jsonl(root / "kb_questions" / f"{split}.jsonl", records)
+    write_jsonl(root / "contexts.jsonl", [{"id": q, "doc_ids": d} for q, d in contexts.items()])
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["paths"] |= {
+        "retrieval_docs": "kb.jsonl",
+        "retrieval_qa_dir": "qa",
+        "kb_questions_dir": "kb_questions",
+        "retrieved_contexts": "contexts.jsonl",
+        "generator_base_dir": str(base),
+        "generator_training_set": "generator_set",
+        "generator_dir": "tuned",
+        "generator_model": "tuned/model",
+    }
+    params["tracking"]["enabled"] = False
+    params["generator"] |= {"top_k": 2, "passage_tokens": 12, "instructions": INSTRUCTIONS}
+    params["finetune_generator"] |= {
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        "epochs": 1,
+        "batch_size": 2,
+        "warmup_steps": 0,
+        "eval_steps": 1,
+        "bf16": False,
+    }
+    params_file = root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return params_file
+
+
+def test_items_round_trip_through_a_training_set_file(tmp_path: Path) -> None:
+    write_items(tmp_path / "items.jsonl", items())
+    assert read_items(tmp_path / "items.jsonl") == items()
+
+
+def test_the_training_set_holds_every_example_and_training_reads_it_alone(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    params_file = make_generator_project(tmp_path, tiny_dir)
+    generator_training_set.main(params_file)
+    folder = tmp_path / "generator_set"
+    train, dev = read_items(folder / "train.jsonl"), read_items(folder / "dev.jsonl")
+    # Real train questions answerable or not (real_answerable_only false), then KB questions,
+    # the gold planted in the last slot when missed; dev as retrieved, real ones answerable.
+    assert [(i.id, i.task) for i in train] == [("t1", "qa"), ("t2", "qa"), ("kb:river", "describe")]
+    assert [p.title for p in train[1].passages] == ["River", "Glacier"]
+    assert [(i.id, [p.title for p in i.passages]) for i in dev] == [
+        ("d1", ["Glacier", "River"]),
+        ("kb:widget", ["Lighthouse", "Widget"]),
+    ]
+    assert train[0].answers == ("widget",)
+    assert train[0].passages[0].text == "widget is a widget thing."
+
+    set_bytes = {name: (folder / name).read_bytes() for name in ("train.jsonl", "dev.jsonl")}
+    kb = tmp_path / "kb.jsonl"
+    kb.write_text(kb.read_text() + doc("volcano", "unrelated").model_dump_json() + "\n")
+    generator_training_set.main(params_file)
+    assert {name: (folder / name).read_bytes() for name in set_bytes} == set_bytes
+
+    inputs = ["kb.jsonl", "qa", "kb_questions", "contexts.jsonl"]
+    with moved_away([tmp_path / name for name in inputs]):
+        finetune_generator.main(params_file)
+    report = json.loads((tmp_path / "tuned/train_metrics.json").read_text(encoding="utf-8"))
+    assert report["train_examples_by_task"] == {"qa": 2, "describe": 1}
+    assert report["dev_examples"] == 2 and report["steps"] == 2

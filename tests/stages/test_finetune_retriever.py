@@ -1,5 +1,6 @@
-"""Retriever fine-tuning on a tiny random-init encoder: mining never offers a gold doc, the stage
-trains offline, and the saved encoder reloads with a fingerprint of its own."""
+"""Retriever fine-tuning on a tiny random-init encoder: mining never offers a gold doc, the
+training set carries everything training reads (as text, byte-identical on a rerun), the stage
+trains offline from that set alone, and the saved encoder reloads with a fingerprint of its own."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ import pytest
 import yaml
 from sentence_transformers import SentenceTransformer
 
-from tasks import compare_retrievers, index, tune_retrieval
+from tasks import compare_retrievers, index, retriever_training_set, tune_retrieval
 from tasks import finetune_retriever as ft
 from tasks.lib.core.config import HardNegativesParams, load_params
-from tasks.lib.core.io import write_jsonl
+from tasks.lib.core.io import InputError, write_jsonl
 from tasks.lib.core.records import QARecord, read_qa
+from tasks.lib.retrieval import training_set as ts
 from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
 from tasks.lib.retrieval.index_store import passage_text
 from tasks.lib.retrieval.retriever import Fusion, Retriever
+from tests.support.projects import moved_away
 from tests.support.retrieval import make_retrieval_project, make_tiny_encoder, tiny_docs
 
 TRAIN = [
@@ -63,6 +66,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["paths"] |= {
         "synthetic_queries_dir": "synthetic",
         "synthetic_queries": "synthetic/queries.jsonl",
+        "retriever_training_set_dir": "training_set",
+        "retriever_training_set": "training_set/set.json",
         "retriever_dir": "tuned",
         "retriever_model": "tuned/model",
         "retriever_positives": "tuned/positives.json",
@@ -104,7 +109,7 @@ def passages_of(params_file: Path) -> dict[str, str]:
 
 def test_mined_negatives_never_contain_a_gold_doc(project: Path) -> None:
     passages = passages_of(project)
-    pairs = ft.training_pairs(read_qa(project.parent / "qa/train.jsonl"), set(passages), "real")
+    pairs = ts.training_pairs(read_qa(project.parent / "qa/train.jsonl"), set(passages), "real")
     assert len(pairs) == len(TRAIN) + 2  # the two-gold questions give two pairs each
     params = load_params(project)
     base = Retriever.load(
@@ -113,8 +118,8 @@ def test_mined_negatives_never_contain_a_gold_doc(project: Path) -> None:
     mining = HardNegativesParams(
         count=5, range_min=0, range_max=15, margin_type="relative", margin=0.0
     )
-    negatives, stats = ft.mine_hard_negatives(
-        ft.dense_search(base), pairs, list(passages), mining, seed=0
+    negatives, stats = ts.mine_hard_negatives(
+        ts.dense_search(base), pairs, list(passages), mining, seed=0
     )
 
     assert stats["mined"] > 0
@@ -139,35 +144,88 @@ def test_margin_range_and_fallback_by_hand() -> None:
         return [rankings[q][:depth] for q in queries]
 
     pairs = [
-        ft.TrainingPair("two golds", "a", frozenset({"a", "b"}), "real"),
-        ft.TrainingPair("two golds", "b", frozenset({"a", "b"}), "real"),
-        ft.TrainingPair("gold far down", "g", frozenset({"g"}), "real"),
+        ts.TrainingPair("two golds", "a", frozenset({"a", "b"}), "real"),
+        ts.TrainingPair("two golds", "b", frozenset({"a", "b"}), "real"),
+        ts.TrainingPair("gold far down", "g", frozenset({"g"}), "real"),
     ]
     params = HardNegativesParams(
         count=1, range_min=0, range_max=4, margin_type="relative", margin=0.05
     )  # weakest gold 0.80: below 0.76 passes
-    negatives, stats = ft.mine_hard_negatives(search, pairs, ["a", "b", "g", "w"], params, 0)
+    negatives, stats = ts.mine_hard_negatives(search, pairs, ["a", "b", "g", "w"], params, 0)
     assert negatives[:2] == [["z"], ["z"]]  # x and y are within 5% of the gold, a and b gold
     assert negatives[2] in (["a"], ["b"], ["w"])
     assert stats == {"mined": 2, "random_filled": 1, "skipped_by_margin": 5}
     absolute = params.model_copy(update={"margin_type": "absolute", "margin": 0.0, "range_min": 1})
-    negatives, _ = ft.mine_hard_negatives(search, pairs[:1], ["w"], absolute, 0)
+    negatives, _ = ts.mine_hard_negatives(search, pairs[:1], ["w"], absolute, 0)
     assert negatives == [["y"]]  # rank 1 after the golds (x) skipped by range_min
 
 
 def test_evaluation_corpus_keeps_gold_and_candidates() -> None:
     dev = [QARecord(id="q", question="?", answers=[], doc_ids=["g"], group="q")]
     ids = [f"d{i}" for i in range(50)] + ["g"]
-    corpus = ft.evaluation_corpus(dev, [["d1", "d2"]], ids, size=10, seed=0)
+    corpus = ts.evaluation_corpus(dev, [["d1", "d2"]], ids, size=10, seed=0)
     assert len(corpus) == 10 and {"g", "d1", "d2"} <= set(corpus)
-    assert corpus == ft.evaluation_corpus(dev, [["d1", "d2"]], ids, size=10, seed=0)
-    assert ft.evaluation_corpus(dev, [], ids, size=0, seed=0) == sorted(ids)
+    assert corpus == ts.evaluation_corpus(dev, [["d1", "d2"]], ids, size=10, seed=0)
+    assert ts.evaluation_corpus(dev, [], ids, size=0, seed=0) == sorted(ids)
 
 
 @pytest.fixture(scope="module")
-def trained(project: Path) -> Path:
-    """The stage run once, with every network connection refused."""
-    with pytest.MonkeyPatch.context() as patch:
+def training_set(project: Path) -> Path:
+    retriever_training_set.main(project)
+    return load_params(project).paths.retriever_training_set
+
+
+def test_training_set_holds_pairs_negatives_and_dev_data_as_text(
+    project: Path, training_set: Path
+) -> None:
+    passages = passages_of(project)
+    built = ts.read_training_set(training_set)
+    assert [p.source for p in built.pairs] == ["real"] * (len(TRAIN) + 2) + ["synthetic"]
+    assert [p.query for p in built.pairs[:3]] == [q for q, _ in TRAIN[:3]]  # the file's order
+    gold_of = {q: set(d) for q, d in TRAIN} | {q: {d} for q, d in SYNTHETIC}
+    for pair in built.pairs:
+        assert pair.positive.id in gold_of[pair.query]
+        assert len(pair.negatives) == 2
+        assert not {n.id for n in pair.negatives} & gold_of[pair.query]
+        for passage in (pair.positive, *pair.negatives):
+            assert passage.text == passages[passage.id]
+    corpus = [p.id for p in built.dev_corpus]
+    assert corpus == sorted(corpus) and len(corpus) >= 12  # gold + candidates, at least the size
+    dev = read_qa(project.parent / "qa/dev.jsonl")
+    assert [q.id for q in built.dev_queries] == [r.id for r in dev]
+    assert all(q.relevant and set(q.relevant) <= set(corpus) for q in built.dev_queries)
+    base = load_encoder(load_params(project).index.encoder, project.parent)
+    assert built.encoder_fingerprint == encoder_fingerprint(base)
+    metrics = json.loads((training_set.parent / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["pairs"] == {"real": len(TRAIN) + 2, "synthetic": 1}
+    assert metrics["mining"]["mined"] + metrics["mining"]["random_filled"] == 2 * len(built.pairs)
+
+    first = training_set.read_bytes()
+    retriever_training_set.main(project)
+    assert training_set.read_bytes() == first
+
+
+def test_a_set_mined_with_another_encoder_is_refused(
+    project: Path, training_set: Path, tmp_path: Path
+) -> None:
+    params = load_params(project)
+    built = ts.read_training_set(training_set)
+    other = built.model_copy(update={"encoder_fingerprint": "0" * 64})
+    with pytest.raises(InputError, match="mined with encoder fingerprint 0000"):
+        ft.finetune(params, params.finetune_retriever, other, tmp_path / "out")
+    broken = tmp_path / "set.json"
+    broken.write_text(training_set.read_text(encoding="utf-8")[:-20], encoding="utf-8")
+    with pytest.raises(InputError, match=r"set\.json: malformed JSON"):
+        ts.read_training_set(broken)
+
+
+@pytest.fixture(scope="module")
+def trained(project: Path, training_set: Path) -> Path:
+    """The stage run once from its training set alone (KB, QA, index and synthetic questions
+    moved away), with every network connection refused."""
+    paths = load_params(project).paths
+    inputs = [paths.retrieval_docs, paths.retrieval_qa_dir, paths.index_dir]
+    with pytest.MonkeyPatch.context() as patch, moved_away([*inputs, paths.synthetic_queries_dir]):
         refuse_network(patch)
         ft.main(project)
     return project.parent / "tuned"
@@ -203,6 +261,7 @@ def test_comparison_reports_five_systems_on_whole_and_unseen_subsets(
         "tune_retrieval_tuned_dir": "tt",
         "fusion_tuned": "tt/fusion.json",
         "retriever_comparison_dir": "compare",
+        "retriever_comparison_metrics": "compare/metrics.json",
     }
     params["compare_retrievers"] |= {"split": "dev", "bootstrap_resamples": 200}
     project.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")

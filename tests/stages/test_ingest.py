@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from tasks import ingest
 from tasks.lib.core.config import SplitParams
-from tasks.lib.core.io import InputError
 from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
 from tasks.lib.kb import sources
 from tests.support.projects import make_project
@@ -117,7 +114,7 @@ def test_extra_doc_fields_survive_the_round_trip(tmp_path: Path) -> None:
     assert read_docs(path)[0].model_dump()["topic"] == "Arts"
 
 
-def test_updates_folder_adds_docs_on_top_of_the_packaged_kb(tmp_path: Path) -> None:
+def test_updates_folder_adds_edits_and_deletes_packaged_docs(tmp_path: Path) -> None:
     params_file = make_project(tmp_path, source="packaged", ingest__updates_folder="feed")
     (tmp_path / "feed/solar_sail.md").write_text(
         "# Solar sail\n\nA solar sail propels a spacecraft with the pressure of sunlight.\n",
@@ -128,9 +125,17 @@ def test_updates_folder_adds_docs_on_top_of_the_packaged_kb(tmp_path: Path) -> N
     assert len(docs) == 10_034
     assert docs["solar_sail"].title == "Solar sail"
 
-    clash = {"id": "Krakatoa", "title": "Krakatoa", "text": "A second Krakatoa.", "source": "x"}
-    (tmp_path / "feed/more.jsonl").write_text(json.dumps(clash) + "\n", encoding="utf-8")
-    before = (tmp_path / "data/kb/docs.jsonl").read_bytes()
-    with pytest.raises(InputError, match=r"feed/more.jsonl.*'Krakatoa'.*the packaged KB"):
-        ingest.main(params_file)
-    assert (tmp_path / "data/kb/docs.jsonl").read_bytes() == before
+    # The packaged KB cannot be edited where it is installed: a doc of the same id replaces it,
+    # and the deletions file removes one, with it the questions that cite only that doc.
+    cited = [r for split in read_qa_splits(tmp_path / "data/qa").values() for r in split]
+    gone = cited[0].doc_ids[0]
+    edit = {"id": "Krakatoa", "title": "Krakatoa", "text": "A second Krakatoa.", "source": "x"}
+    (tmp_path / "feed/more.jsonl").write_text(json.dumps(edit) + "\n", encoding="utf-8")
+    (tmp_path / "feed/deleted.txt").write_text(f"{gone}\n", encoding="utf-8")
+    ingest.main(params_file)
+    docs = {d.id: d for d in read_docs(tmp_path / "data/kb/docs.jsonl")}
+    assert len(docs) == 10_034 - 1 and gone not in docs
+    assert docs["Krakatoa"].text == "A second Krakatoa." and docs["Krakatoa"].source == "x"
+    records = [r for split in read_qa_splits(tmp_path / "data/qa").values() for r in split]
+    assert all(gone not in r.doc_ids for r in records)
+    assert len(records) == len(cited) - sum(r.doc_ids == [gone] for r in cited)

@@ -10,6 +10,7 @@ import yaml
 from tasks import synthesize_queries as sq
 from tasks.lib.core.config import load_params
 from tasks.lib.core.records import Doc, QARecord
+from tasks.lib.generation import doc_queries as dq
 from tests.support.retrieval import repo_params
 
 
@@ -26,18 +27,18 @@ def test_sample_never_uses_dev_or_test_gold_docs_and_is_seeded() -> None:
     splits = {"train": [qa("d0")], "dev": [qa("d1")], "test": [qa("d2"), qa("d3")]}
     excluded = sq.evaluation_gold_docs(splits)
     assert excluded == {"d1", "d2", "d3"}  # train gold docs may be used
-    sample = sq.sample_docs(docs, excluded, 27, seed=0)
+    sample = dq.sample_docs(docs, excluded, 27, seed=0)
     assert len(sample) == 27 and not {d.id for d in sample} & excluded
-    assert sample == sq.sample_docs(list(reversed(docs)), excluded, 27, seed=0)
-    assert len(sq.sample_docs(docs, excluded, 100, seed=0)) == 27  # no more than the pool
+    assert sample == dq.sample_docs(list(reversed(docs)), excluded, 27, seed=0)
+    assert len(dq.sample_docs(docs, excluded, 100, seed=0)) == 27  # no more than the pool
 
 
 def test_clean_question_keeps_one_question_only() -> None:
-    assert sq.clean_question("What is the capital of Laos?") == "What is the capital of Laos?"
-    assert sq.clean_question('Question: "Who built it?"\nIt was built by') == "Who built it?"
-    assert sq.clean_question("**Q1:** When did it open?") == "When did it open?"
+    assert dq.clean_question("What is the capital of Laos?") == "What is the capital of Laos?"
+    assert dq.clean_question('Question: "Who built it?"\nIt was built by') == "Who built it?"
+    assert dq.clean_question("**Q1:** When did it open?") == "When did it open?"
     for bad in ["", "What a wonderful passage!", "Why? And how?", "Why?", "A statement."]:
-        assert sq.clean_question(bad) is None, bad
+        assert dq.clean_question(bad) is None, bad
 
 
 def test_round_trip_filter_keeps_questions_whose_doc_is_found() -> None:
@@ -54,8 +55,8 @@ def test_round_trip_filter_keeps_questions_whose_doc_is_found() -> None:
     def ranks_of(questions: list[str], source_ids: list[str]) -> list[int | None]:
         return [ranks[s] for s in source_ids]
 
-    forbidden = {sq.normalize_question("What is the test question?")}
-    kept, rejected = sq.filter_questions(docs, generated, ranks_of, 5, forbidden)
+    forbidden = {dq.normalize_question("What is the test question?")}
+    kept, rejected = dq.filter_questions(docs, generated, ranks_of, 5, forbidden)
     assert [(r.id, r.question, r.doc_ids) for r in kept] == [("syn:a", "Where is a?", ["a"])]
     assert {r["doc_id"]: r["reason"] for r in rejected} == {
         "b": "source_not_in_top_5",

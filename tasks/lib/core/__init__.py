@@ -1,1 +1,2 @@
-"""The core every stage uses: config, io, records, tracking, stats, report, plots."""
+"""The core every stage uses: config, io, records, tracking, stats, report, plots, and the
+"nothing to refresh" marker (skipped)."""

@@ -56,13 +56,18 @@ _INSIDE = {  # PathsParams entry -> the out folder of the stage that writes it
     "generator_model": "generator_dir",
     "fusion": "tune_retrieval_dir",
     "synthetic_queries": "synthetic_queries_dir",
+    "retriever_training_set": "retriever_training_set_dir",
     "retriever_model": "retriever_dir",
     "retriever_positives": "retriever_dir",
     "fusion_tuned": "tune_retrieval_tuned_dir",
     "validate_summary": "validate_dir",
     "generation_metrics": "generation_eval_dir",
+    "generation_predictions": "generation_eval_dir",
     "retriever_comparison_metrics": "retriever_comparison_dir",
     "evaluate_metrics": "evaluate_dir",
+    "evaluate_scores": "evaluate_dir",
+    "change_questions": "refresh_questions_dir",
+    "deleted_docs": "refresh_questions_dir",
 }
 
 
@@ -81,10 +86,12 @@ class PathsParams(Section):
     kb_questions_dir: Path  # kb_questions -> {train,dev,heldout}.jsonl
     retrieved_contexts: Path  # retrieval side -> {"id", "doc_ids"} per question, best first
     generator_base_dir: Path  # prepare_generator -> transformers folder of the base generator
+    generator_training_set: Path  # generator_training_set -> {train,dev}.jsonl: finetune_generator
     generator_dir: Path  # finetune_generator -> model/ (merged), adapter/, train_metrics.json
     generator_model: Path  # the merged tuned generator in generator_dir (evaluation, bundle)
     generation_eval_dir: Path  # evaluate_generation -> metrics.json, predictions, samples.md
     generation_metrics: Path  # its systems' scores (in generation_eval_dir): evaluate reads them
+    generation_predictions: Path  # their answers per question (in generation_eval_dir): evaluate
     retrieval_docs: Path  # dedup's kept docs (in dedup_dir): the KB every later stage reads
     retrieval_qa_dir: Path  # dedup's remapped QA splits (in dedup_dir): every later stage's QA
     embedding_cache: Path  # persistent embedding cache; never a dvc out (it must outlive reruns)
@@ -93,7 +100,9 @@ class PathsParams(Section):
     fusion: Path  # tune_retrieval's chosen fusion for the base index (in tune_retrieval_dir)
     retrieval_eval_dir: Path  # evaluate_retrieval -> metrics.json, report.*, recall_at_k_*.csv
     synthetic_queries_dir: Path  # synthesize_queries -> queries.jsonl, rejected.jsonl, metrics.json
-    synthetic_queries: Path  # its kept questions (in synthetic_queries_dir): finetune_retriever
+    synthetic_queries: Path  # its kept questions (in synthetic_queries_dir): the retriever's set
+    retriever_training_set_dir: Path  # retriever_training_set -> the set, metrics.json
+    retriever_training_set: Path  # the set (in its dir): all that finetune_retriever learns from
     retriever_dir: Path  # finetune_retriever -> model/, train_metrics.json, positives.json
     retriever_model: Path  # the tuned encoder folder in retriever_dir (index_tuned, bundle)
     retriever_positives: Path  # doc ids training saw as positives (in retriever_dir)
@@ -104,7 +113,16 @@ class PathsParams(Section):
     retriever_comparison_metrics: Path  # its systems (in retriever_comparison_dir): evaluate
     bundle_dir: Path  # bundle -> the RAG system as an MLflow pyfunc model folder
     evaluate_dir: Path  # evaluate -> metrics.json, predictions.jsonl, report.md
-    evaluate_metrics: Path  # {system: {metric}} (in evaluate_dir): the gate's input
+    evaluate_metrics: Path  # {system: {metric: mean}} (in evaluate_dir): DVC metrics, status
+    evaluate_scores: Path  # per-question scores of every system (in evaluate_dir): the gate
+    kb_changes: Path  # kb_changes -> added / modified / deleted ids against the champion's KB
+    refresh_index_dir: Path  # refresh_index -> the new KB indexed with the champion's encoder
+    refresh_questions_dir: Path  # refresh_questions -> questions, rejected, deleted, metrics
+    change_questions: Path  # questions about added / modified docs (in refresh_questions_dir)
+    deleted_docs: Path  # json list of deleted doc ids (in refresh_questions_dir)
+    refresh_bundle_dir: Path  # refresh_bundle -> new index + the champion's fusion and pins
+    refresh_evaluate_dir: Path  # refresh_evaluate -> the refreshed bundle scored
+    refresh_decision: Path  # refresh_register -> the refresh gate's decision
 
     @field_validator(*_INSIDE, mode="after")
     @classmethod
@@ -142,7 +160,13 @@ class IngestParams(Section):
     kb_folder: Path
     qa_file: Path
     updates_folder: Path  # docs added on top of either source (a KB feed); may be empty
+    deletions_file: str = Field(pattern=r"^[^/\\]+$")  # a file name in updates_folder
     split: SplitParams
+
+    @property
+    def deletions_path(self) -> Path:
+        """Doc ids to delete, one a line; inside the updates folder, which is ingest's dvc dep."""
+        return self.updates_folder / self.deletions_file
 
 
 class ValidateParams(Section):
@@ -176,15 +200,20 @@ class TrackingParams(Section):
 
 
 class GateParams(Section):
-    """The promotion rule: what must improve, by how much, and what may not get worse."""
+    """The promotion rule: what must improve, by how much, and what may not get worse, judged
+    on paired bootstrap intervals of per-question differences (see `serving.promotion`)."""
 
     primary: list[str] = Field(min_length=1)
     tracked: list[str]
     lower_is_better: list[str]
-    margin: float = Field(ge=0)
-    tolerance: float = Field(ge=0)
+    margin: float = Field(ge=0)  # a primary gain's interval must lie above it
+    tolerance: float = Field(ge=0)  # a tracked loss's interval must lie above minus it
+    change_metrics: list[str]  # an index refresh must gain on these on the changed docs' questions
     candidate: str = Field(min_length=1)
     baselines: list[str]
+    confidence: float = Field(gt=0, lt=1)
+    resamples: int = Field(ge=100)
+    seed: int
 
     @model_validator(mode="after")
     def _primary_not_tracked(self) -> GateParams:
@@ -432,6 +461,13 @@ class BundleParams(Section):
     batch_size: int = Field(ge=1)  # questions generated together
 
 
+class RefreshParams(Section):
+    """The refresh path: a changed KB re-indexed with the champion's encoder, no retraining."""
+
+    max_docs: int = Field(ge=0)  # added / modified docs questioned (a seeded sample beyond it)
+    seed: int
+
+
 class EvaluateParams(Section):
     split: Literal["dev", "test"]
     retrieval_metrics: list[str] = Field(min_length=1)  # ranx names, at most bundle.depth deep
@@ -461,6 +497,7 @@ class Params(Section):
     compare_retrievers: CompareRetrieversParams
     bundle: BundleParams
     evaluate: EvaluateParams
+    refresh: RefreshParams
 
     _project_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

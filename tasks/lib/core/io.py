@@ -41,10 +41,8 @@ def read_text(path: Path) -> str:
         ) from err
 
 
-def read_jsonl(path: Path, model: type[Record]) -> list[Record]:
-    """Parse a JSON Lines file into `model` records with unique ids; blank lines are skipped."""
-    records = []
-    first_line: dict[str, int] = {}
+def jsonl_records(path: Path, model: type[Record]) -> Iterator[tuple[int, Record]]:
+    """(line number, record) for each non-blank line of a JSON Lines file, parsed as `model`."""
     for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -56,7 +54,14 @@ def read_jsonl(path: Path, model: type[Record]) -> list[Record]:
             ) from err
         if not isinstance(obj, dict):
             raise InputError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
-        record = parse_record(obj, model, f"{path}:{number}")
+        yield number, parse_record(obj, model, f"{path}:{number}")
+
+
+def read_jsonl(path: Path, model: type[Record]) -> list[Record]:
+    """Parse a JSON Lines file into `model` records with unique ids; blank lines are skipped."""
+    records = []
+    first_line: dict[str, int] = {}
+    for number, record in jsonl_records(path, model):
         record_id = record.id  # type: ignore[attr-defined]
         if record_id in first_line:
             raise InputError(

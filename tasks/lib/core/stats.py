@@ -18,11 +18,39 @@ def bootstrap_interval(
 ) -> dict[str, float]:
     """{mean, low, high}: the mean of `values` and its percentile bootstrap interval."""
     values = np.asarray(values, dtype=float)
+    if not len(values):
+        raise ValueError("a bootstrap interval needs at least one question")
     picks = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))
     means = values[picks].mean(axis=1)
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return {"mean": float(values.mean()), "low": float(low), "high": float(high)}
+
+
+def _same_questions(scores: Mapping[str, Sequence[float] | np.ndarray]) -> dict[str, np.ndarray]:
+    matrix = {name: np.asarray(values, dtype=float) for name, values in scores.items()}
+    sizes = {len(v) for v in matrix.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"paired bootstrap needs equal lengths, got {sorted(sizes)}")
+    return matrix
+
+
+def paired_difference(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    resamples: int,
+    confidence: float,
+    seed: int,
+) -> dict[str, float]:
+    """{mean, low, high, n} of `a - b` over the same questions (in the same order).
+
+    Resampling the per-question differences keeps what the two systems share: a question both
+    get right or both miss adds nothing, so a paired interval is far narrower than the two
+    systems' own intervals suggest.
+    """
+    pair = _same_questions({"a": a, "b": b})
+    interval = bootstrap_interval(pair["a"] - pair["b"], resamples, confidence, seed)
+    return interval | {"n": len(pair["a"])}
 
 
 def paired_intervals(
@@ -36,10 +64,7 @@ def paired_intervals(
 
     `scores` maps a system to its per-question scores, in the same question order for all.
     """
-    matrix = {name: np.asarray(values, dtype=float) for name, values in scores.items()}
-    sizes = {len(v) for v in matrix.values()}
-    if len(sizes) != 1:
-        raise ValueError(f"paired bootstrap needs equal lengths, got {sorted(sizes)}")
+    matrix = _same_questions(scores)
     series = matrix | {f"{a} - {b}": matrix[a] - matrix[b] for a, b in pairs}
     return {
         name: bootstrap_interval(values, resamples, confidence, seed)

@@ -1,1 +1,2 @@
-"""The generator: loading, prompts and generation, training examples, answer metrics."""
+"""The generator: loading, prompts and generation, training examples, answer metrics, and
+doc-to-query questions."""

@@ -4,19 +4,26 @@ The generator stages never call the retriever: they read a contexts file (one
 `{"id": question id, "doc_ids": [best first], "scores": [...]}` per line) that the retrieval
 side writes for every question id (real QA splits and KB questions). That keeps the generator
 independent of how retrieval is done, and lets DVC rerun it only when the contexts change.
+
+The generator's training set is a folder of {train,dev}.jsonl items, each with its passages'
+text (stage `generator_training_set`): `finetune_generator` reads nothing else of the KB, so it
+retrains exactly when those bytes change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, StrictStr
 
-from tasks.lib.core.io import InputError, read_jsonl
+from tasks.lib.core.io import InputError, read_jsonl, write_jsonl
 from tasks.lib.core.records import Doc, QARecord
 from tasks.lib.generation.generator import GenerationItem, Passage
+
+TRAINING_SPLITS = ("train", "dev")  # the files of a generator training set folder
 
 
 class RetrievedContext(BaseModel):
@@ -75,3 +82,42 @@ def generation_items(
             )
         )
     return items
+
+
+class _PassageRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: StrictStr
+    text: StrictStr
+
+
+class ItemRow(BaseModel):
+    """A `GenerationItem` as a line of a training set file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: StrictStr
+    task: StrictStr
+    question: StrictStr
+    answers: list[StrictStr]
+    passages: list[_PassageRow]
+    answerable: bool | None
+
+    def item(self) -> GenerationItem:
+        return GenerationItem(
+            id=self.id,
+            task=self.task,
+            question=self.question,
+            answers=tuple(self.answers),
+            passages=tuple(Passage(p.title, p.text) for p in self.passages),
+            answerable=self.answerable,
+        )
+
+
+def write_items(path: Path, items: Sequence[GenerationItem]) -> None:
+    """One item a line, fields in a fixed order: the same items are the same bytes."""
+    write_jsonl(path, [asdict(item) for item in items])
+
+
+def read_items(path: Path) -> list[GenerationItem]:
+    return [row.item() for row in read_jsonl(path, ItemRow)]

@@ -1,1 +1,2 @@
-"""Reading KB sources into the canonical docs and QA records."""
+"""The KB: reading its sources into canonical docs and QA records (with the updates folder's
+edits), its change set against the champion's, and the questions it answers itself."""

