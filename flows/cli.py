@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,6 +11,8 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
     from tasks.lib.core.config import Params
 
 app = typer.Typer(
@@ -60,6 +63,15 @@ def _actor() -> str:
         return "manual"
 
 
+def _registry(model: str | None, params_file: Path) -> tuple[MlflowClient, str]:
+    """A client on the project's registry, and the model asked for (default register.judged)."""
+    from tasks.lib.serving.registry import registry_client
+
+    settings = _load(params_file)
+    with _user_errors():
+        return registry_client(settings), model or settings.register_.judged
+
+
 @app.command()
 def promote(
     version: str = typer.Option(..., help="the registered version to make champion"),
@@ -68,12 +80,10 @@ def promote(
 ) -> None:
     """Make a version the champion by hand (the gate is bypassed; the old one stays restorable)."""
     from tasks.lib.serving.registry import promote as promote_version
-    from tasks.lib.serving.registry import registry_client
 
-    settings = _load(params)
-    name = model or settings.register_.judged
+    client, name = _registry(model, params)
     with _user_errors():
-        replaced = promote_version(registry_client(settings), name, version, by=_actor())
+        replaced = promote_version(client, name, version, by=_actor())
     typer.echo(f"{name}: v{version} is champion" + (f" (was v{replaced})" if replaced else ""))
 
 
@@ -83,13 +93,11 @@ def rollback(
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Put the previous champion back."""
-    from tasks.lib.serving.registry import registry_client
     from tasks.lib.serving.registry import rollback as rollback_model
 
-    settings = _load(params)
-    name = model or settings.register_.judged
+    client, name = _registry(model, params)
     with _user_errors():
-        retired, restored = rollback_model(registry_client(settings), name, by=_actor())
+        retired, restored = rollback_model(client, name, by=_actor())
     typer.echo(f"{name}: v{restored} is champion again (v{retired} retired)")
 
 
@@ -225,7 +233,9 @@ def schedule(
 
 # --- retrieval ------------------------------------------------------------------------------
 
-INDEX_OPTION = typer.Option(None, "--index", help="index folder (default: paths.index_dir)")
+INDEX_OPTION = typer.Option(
+    None, "--index", help="an index folder (default: the champion's, else paths.index_dir)"
+)
 
 
 @app.command()
@@ -236,23 +246,37 @@ def search(
     index: Path = INDEX_OPTION,
     params: Path = PARAMS_OPTION,
 ) -> None:
-    """Search the KB index: ranked titles, scores and snippets."""
+    """Search the KB: ranked titles, scores and snippets.
+
+    Without --index it searches what the champion serves (its bundle's index, fusion and
+    encoder, from the registry), or, before there is a champion, the project's base index.
+    """
     from rich.console import Console
     from rich.table import Table
 
     from tasks.lib.core.config import RETRIEVAL_MODES
     from tasks.lib.retrieval.retriever import Retriever, load_fusion
+    from tasks.lib.serving.champion import champion_retriever
+    from tasks.lib.serving.registry import registry_client
 
     if mode not in RETRIEVAL_MODES:
         raise typer.BadParameter(
             f"must be one of {', '.join(RETRIEVAL_MODES)}", param_hint="--mode"
         )
     settings = _load(params)
-    with _user_errors():
-        fusion, fusion_source = load_fusion(settings)
-        folder = index or settings.paths.index_dir
-        retriever = Retriever.load(folder, fusion, base=settings.project_dir)
-    hits = retriever.search(query, k=k, mode=mode)  # type: ignore[arg-type]
+    with _user_errors(), tempfile.TemporaryDirectory(prefix="ragloop-search.") as tmp:
+        served = None
+        if index is None and settings.tracking.enabled:
+            client = registry_client(settings)
+            served = champion_retriever(client, settings.register_.judged, Path(tmp))
+        if served is not None:
+            version, retriever = served
+            fusion, fusion_source = retriever.fusion, f"champion v{version}"
+        else:
+            fusion, fusion_source = load_fusion(settings)
+            folder = index or settings.paths.index_dir
+            retriever = Retriever.load(folder, fusion, base=settings.project_dir)
+        hits = retriever.search(query, k=k, mode=mode)  # type: ignore[arg-type]
     table = Table("#", "title", "score", "snippet", title=f"{mode}: {query}")
     for rank, hit in enumerate(hits, start=1):
         snippet = hit.text if len(hit.text) <= 160 else hit.text[:157].rsplit(" ", 1)[0] + "..."

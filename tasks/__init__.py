@@ -16,6 +16,8 @@ for _name, _value in {
     "TRANSFORMERS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    # Loading a model must never unpickle from the artifact store; the bundle is model-from-code.
+    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
     "GX_ANALYTICS_ENABLED": "false",
     "PREFECT_HOME": str(_PROJECT / ".state" / "prefect"),
     "HF_HOME": str(_PROJECT / ".state" / "huggingface"),

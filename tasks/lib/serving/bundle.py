@@ -34,7 +34,7 @@ from tasks.lib.generation.loader import load_generator
 from tasks.lib.retrieval.encoder import load_encoder
 from tasks.lib.retrieval.retriever import Fusion, Retriever
 
-MODEL_CODE = Path(__file__).with_name("rag_model.py")
+MODEL_CODE = str(Path(__file__).with_name("rag_model.py"))  # the pyfunc as code, not a pickle
 COMPONENTS = "components"  # the artifact naming the encoder and generator, and the prompt
 COMPONENT_ROLES = ("retriever", "generator")  # the models a bundle names in COMPONENTS
 INDEX, FUSION = "index", "fusion"
@@ -99,6 +99,13 @@ def component_folder(spec: dict[str, str]) -> Path:
     return folder
 
 
+def bundle_retriever(index_dir: Path, fusion_file: Path, encoder_spec: dict[str, str]) -> Retriever:
+    """The bundle's retriever: its index and fusion with the encoder it names (loading raises
+    EncoderMismatchError unless that is the encoder that built the index)."""
+    encoder = load_encoder(str(component_folder(encoder_spec)), Path())
+    return Retriever.load(index_dir, Fusion.from_file(fusion_file), encoder=encoder)
+
+
 def questions_of(model_input: Any) -> list[str]:
     if isinstance(model_input, pd.DataFrame):
         if "question" not in model_input.columns:
@@ -114,10 +121,8 @@ class RagBundle(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         spec = json.loads(read_text(Path(context.artifacts[COMPONENTS])))
-        encoder = load_encoder(str(component_folder(spec["retriever"])), Path())
-        fusion = Fusion.from_file(Path(context.artifacts[FUSION]))
-        # Raises EncoderMismatchError unless this is the encoder that built the index.
-        retriever = Retriever.load(Path(context.artifacts[INDEX]), fusion, encoder=encoder)
+        artifacts = {key: Path(context.artifacts[key]) for key in (INDEX, FUSION)}
+        retriever = bundle_retriever(artifacts[INDEX], artifacts[FUSION], spec["retriever"])
         model, tokenizer = load_generator(component_folder(spec["generator"]))
         self.answerer = RagAnswerer(
             retriever,
@@ -185,7 +190,7 @@ def save_bundle(
         write_json(staging, spec)
         mlflow.pyfunc.save_model(
             str(tmp),
-            python_model=str(MODEL_CODE),
+            python_model=MODEL_CODE,
             artifacts={INDEX: str(index_dir), FUSION: str(fusion_file), COMPONENTS: str(staging)},
             # Explicit: inferring them would load the whole model in a subprocess.
             pip_requirements=["ragloop"],

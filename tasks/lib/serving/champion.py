@@ -20,7 +20,8 @@ from mlflow.models import Model
 
 from tasks.lib.core.io import InputError, read_text
 from tasks.lib.retrieval.index_store import DOCS_FILE
-from tasks.lib.serving.bundle import COMPONENT_ROLES, COMPONENTS, INDEX
+from tasks.lib.retrieval.retriever import Retriever
+from tasks.lib.serving.bundle import COMPONENT_ROLES, COMPONENTS, FUSION, INDEX, bundle_retriever
 from tasks.lib.serving.registry import CHAMPION, aliases
 
 if TYPE_CHECKING:
@@ -55,6 +56,18 @@ def bundle_artifact(
         raise InputError(f"{model} v{version}: not a ragloop bundle (no {key!r} artifact)")
     relative = "/".join(part for part in (artifacts[key]["path"], inner) if part)
     return _download(client, f"{root}/{relative}", dst / key)
+
+
+def champion_retriever(client: MlflowClient, model: str, dst: Path) -> tuple[str, Retriever] | None:
+    """(version, retriever) of the champion bundle of `model`: what it searches as it serves,
+    without loading its generator; None when there is no champion."""
+    version = aliases(client, model).get(CHAMPION)
+    if version is None:
+        return None
+    spec = json.loads(read_text(bundle_artifact(client, model, version, COMPONENTS, dst)))
+    index_dir = bundle_artifact(client, model, version, INDEX, dst)
+    fusion_file = bundle_artifact(client, model, version, FUSION, dst)
+    return version, bundle_retriever(index_dir, fusion_file, spec["retriever"])
 
 
 def champion_state(client: MlflowClient, model: str) -> ChampionState | None:

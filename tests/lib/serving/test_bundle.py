@@ -18,7 +18,8 @@ from tasks.lib.retrieval.encoder import load_encoder
 from tasks.lib.retrieval.index_store import build_index
 from tasks.lib.retrieval.retriever import EncoderMismatchError, Fusion, Retriever
 from tasks.lib.serving.bundle import components_spec, is_bundle, pin_components, save_bundle
-from tasks.lib.serving.registry import register_models
+from tasks.lib.serving.champion import champion_retriever
+from tasks.lib.serving.registry import promote, register_models
 from tests.support.retrieval import make_tiny_encoder, tiny_docs, tiny_index_params
 from tests.support.tiny_generator import INSTRUCTIONS, make_tiny_generator
 
@@ -121,5 +122,12 @@ def test_registered_bundle_pins_its_components_and_serves_from_the_registry(
 
     served = mlflow.pyfunc.load_model("models:/tiny-rag/2").predict(QUESTIONS)
     assert served == mlflow.pyfunc.load_model(str(bundle_dir)).predict(QUESTIONS)
+
+    # What the champion searches, without its generator: the same ranking it answers from.
+    promote(client, "tiny-rag", "2", by="test")
+    version, retriever = champion_retriever(client, "tiny-rag", tmp_path / "served")
+    assert version == "2"
+    ranked = retriever.search(QUESTIONS, k=len(served[0]["retrieved"]), mode="hybrid")
+    assert [[hit.id for hit in hits] for hits in ranked] == [o["retrieved"] for o in served]
     with pytest.raises(InputError, match=r"no registered version of 'tiny-retriever'"):
         pin_components(registered, {"tiny-nothing": "1"})
