@@ -58,11 +58,12 @@ EDIT_SENTENCE = " In November 2026 its archive opened a public reading room in T
 
 
 def uncited_docs(params: Params, n: int) -> list[dict[str, Any]]:
-    """The first `n` docs, by id, that no question cites: editing them moves no gold doc."""
+    """The first `n` docs, by id, that no question cites and whose id is a word (not one of the
+    number articles): editing them moves no gold doc."""
     cited = {d for split in read_qa_splits(params.paths.retrieval_qa_dir).values() for r in split
              for d in r.doc_ids}  # fmt: skip
     docs = sorted(read_docs(params.paths.retrieval_docs), key=lambda d: d.id)
-    return [d.model_dump() for d in docs if d.id not in cited][:n]
+    return [d.model_dump() for d in docs if d.id not in cited and d.id[0].isalpha()][:n]
 
 
 def apply_change(params: Params) -> tuple[str, str]:

@@ -78,13 +78,16 @@ def question_scores(
     retrieval_metrics: Sequence[str],
 ) -> list[dict[str, float]]:
     """Per question, in `records` order: answer metrics (against the gold answers, `supported`
-    by the cited passages) and retrieval metrics of the ranking the bundle returned."""
+    by the cited passages) when it has answers, and retrieval metrics of the ranking the bundle
+    returned. A question written from a doc (doc-to-query) has no reference answer."""
     rows = [
         score_prediction(
             output["answer"],
             record.answers,
             [f"{docs[i].title}. {docs[i].text}" for i in output["sources"] if i in docs],
         )
+        if record.answers
+        else {}
         for record, output in zip(records, outputs, strict=True)
     ]
     ranked = [list(output["retrieved"]) for output in outputs]
@@ -98,7 +101,15 @@ def question_scores(
 
 
 def means(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    return {name: float(np.mean([row[name] for row in rows])) for name in rows[0]}
+    """Each metric's mean over the questions that have it."""
+    names = dict.fromkeys(name for row in rows for name in row)
+    return {name: float(np.mean([row[name] for row in rows if name in row])) for name in names}
+
+
+def shared_metrics(rows: Sequence[Mapping[str, float]]) -> list[dict[str, float]]:
+    """The rows cut to the metrics every question has: what the gate pairs question by question."""
+    shared = set.intersection(*(set(row) for row in rows))
+    return [{name: value for name, value in row.items() if name in shared} for row in rows]
 
 
 def baseline_scores(
@@ -265,7 +276,7 @@ def main(
                 scores = question_scores(set_records, outputs, docs, settings.retrieval_metrics)
                 means_by_set[set_name][name] = means(scores)
                 ids = [r.id for r in set_records]
-                rows += score_rows(name, set_name, ids, scores, version)
+                rows += score_rows(name, set_name, ids, shared_metrics(scores), version)
                 predictions += [
                     {"system": name, "set": set_name, "id": r.id, "answers": list(r.answers), **o}
                     for r, o in zip(set_records, outputs, strict=True)

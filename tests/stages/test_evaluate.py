@@ -196,8 +196,20 @@ def test_stage_writes_per_question_scores_of_every_system_and_the_change_set(
     assert metrics["change_set"]["n"] == n_dev
     assert metrics["change_set"]["tuned_rag"] == scores[("change_set", "tuned_rag")].means()
     assert len(scores[("change_set", "tuned_rag")].ids) == n_dev
+
     report = (out / "report.md").read_text(encoding="utf-8")
     assert f"change set: {n_dev} questions" in report
+
+    # A doc-to-query question has no reference answer: the change set's scores keep the
+    # retrieval metrics every question has, the report the answer metrics of those with one.
+    asked = [*tiny_qa()["dev"], {**tiny_qa()["dev"][0], "id": "syn:no answer", "answers": []}]
+    write_jsonl(change, asked)
+    evaluate.main(project, bundle=root / "candidate", out=out, change_questions=change)
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    changed = read_scores(out / params.paths.evaluate_scores.name)[("change_set", "tuned_rag")]
+    assert set(changed.metrics) == {"recall_at_10", "ndcg_at_10", "mrr_at_10"}
+    assert len(changed.ids) == n_dev + 1
+    assert {"answer_f1", "recall_at_10"} <= set(metrics["change_set"]["tuned_rag"])
 
     # Only deletions: an empty change set, recorded as such.
     change.write_text("", encoding="utf-8")

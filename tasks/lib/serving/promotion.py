@@ -332,11 +332,17 @@ def refresh_gate(
     ]
     notes = []
     if questions[CHANGE_SET]:
+        scored = [m for m in rule.change_metrics if m in change_candidate]
+        notes += [
+            f"change {m}: not scored on the change set (its questions have no reference answer)"
+            for m in rule.change_metrics
+            if m not in change_candidate
+        ]
         checks += [
             check(
                 m, "change", CHANGE_SET, change_candidate, ("champion", change_champion), 0.0, rule
             )
-            for m in rule.change_metrics
+            for m in scored
         ]
         summary = "no worse than the champion on the test set and better on the changed docs"
     else:

@@ -195,6 +195,16 @@ def test_refresh_regressing_on_the_standing_set_does_not_promote() -> None:
     assert decision.reasons[1] == failed[0].note
 
 
+def test_refresh_judges_the_change_set_on_what_it_could_score() -> None:
+    # Questions written from the new docs have no reference answer: retrieval alone decides.
+    candidate, champion, change, change_champion = refresh_sets(np.random.default_rng(5), 0.6, 0)
+    retrieval_only = [{"recall_at_10": s["recall_at_10"]} for s in (change, change_champion)]
+    decision = refresh_gate(candidate, champion, *retrieval_only, RULE)
+    assert decision.promote, decision.reasons
+    assert [c.metric for c in decision.checks if c.question_set == "change_set"] == ["recall_at_10"]
+    assert any("change answer_f1: not scored" in reason for reason in decision.reasons)
+
+
 def test_refresh_with_an_empty_change_set_needs_only_non_inferiority() -> None:
     candidate, champion, _, _ = refresh_sets(np.random.default_rng(9), 0.0, 0.0)
     decision = refresh_gate(candidate, champion, {}, {}, RULE)
