@@ -5,7 +5,9 @@ They test the refreshed bundle on exactly what the change touched, and nothing t
   the local base generator writes one question per doc, kept only when the refreshed index,
   searched with the champion's encoder, ranks its source doc in the top `round_trip_k`;
 - "What is <title>?" -> the doc's description, for docs that have a usable one
-  (`tasks.lib.kb.questions`, with the `kb_questions` bounds).
+  (`tasks.lib.kb.questions`, with the `kb_questions` bounds), else the same question with no
+  reference answer: every changed doc is probed at least once, so a few changed docs still
+  give the paired test enough questions.
 More changed docs than `refresh.max_docs`: a seeded sample of them is questioned.
 
 Outputs in `paths.refresh_questions_dir`:
@@ -36,7 +38,7 @@ from tasks.lib.generation.doc_queries import (
     sample_docs,
 )
 from tasks.lib.kb.changes import ChampionRef, champion_to_refresh, read_change_set
-from tasks.lib.kb.questions import description_question, eligible_docs
+from tasks.lib.kb.questions import description_question, eligible_docs, title_question
 from tasks.lib.retrieval.encoder import load_encoder
 from tasks.lib.retrieval.retriever import Fusion, Retriever, round_trip_ranks
 from tasks.lib.serving.bundle import component_folder
@@ -86,12 +88,15 @@ def main(params_file: Path = Path("params.yaml")) -> None:
             description_question(doc, template)
             for doc in eligible_docs(chosen, params.kb_questions, set())
         ]
-        questions = generated + described
+        with_description = {record.doc_ids[0] for record in described}
+        titled = [title_question(doc, template) for doc in chosen if doc.id not in with_description]
+        questions = generated + described + titled
         metrics = {
             "changed_docs": len(docs),
             "docs_questioned": len(chosen),
             "generated_kept": len(generated),
             "description_questions": len(described),
+            "title_questions": len(titled),
             "questions": len(questions),
             "deleted_docs": len(changes.deleted),
             "rejected": dict(Counter(row["reason"] for row in rejected)),
@@ -105,7 +110,8 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     print(
         f"refresh_questions: {len(chosen)} of {len(docs)} added / modified docs questioned: "
         f"{len(generated)} generated questions kept (dropped {metrics['rejected']}), "
-        f"{len(described)} description questions; {len(changes.deleted)} deleted docs listed"
+        f"{len(described)} description and {len(titled)} title questions; "
+        f"{len(changes.deleted)} deleted docs listed"
     )
 
 

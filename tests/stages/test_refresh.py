@@ -251,6 +251,7 @@ def test_change_questions_ask_about_the_changed_docs_only(refreshed: Path) -> No
     assert described["kb:comet"]["question"] == "What is Comet?"
     assert described["kb:comet"]["answers"] == [COMET["description"]]
     assert set(described) == {"kb:comet", "kb:glacier"}
+    assert not [q for q in questions if q["id"].startswith("title:")]  # both are described
     # Each changed doc got one generated question: kept, or rejected with its reason.
     generated = [q["doc_ids"][0] for q in questions if q["id"].startswith("syn:")]
     assert sorted(generated + [r["doc_id"] for r in rejected]) == ["comet", "glacier"]

@@ -28,6 +28,18 @@ def eligible_docs(docs: list[Doc], params: KbQuestionsParams, excluded: set[str]
     return keep
 
 
+def title_question(doc: Doc, template: str) -> QARecord:
+    """ "What is <title>?" with no reference answer: a retrieval probe for any doc, described
+    or not (the retriever must find the doc its question names)."""
+    return QARecord(
+        id=f"title:{doc.id}",
+        question=template.format(title=doc.title),
+        answers=[],
+        doc_ids=[doc.id],
+        group=f"title:{doc.id}",
+    )
+
+
 def description_question(doc: Doc, template: str) -> QARecord:
     description = description_of(doc)
     return QARecord(

@@ -23,6 +23,7 @@ from tasks.lib.kb.changes import (
     diff_kb,
     read_change_set,
 )
+from tasks.lib.kb.questions import title_question
 from tests.support.projects import make_project, qa_rows, write_jsonl
 
 CHAMPION = ChampionRef(
@@ -170,3 +171,14 @@ def test_deletions_file_is_part_of_the_watched_source(tmp_path: Path) -> None:
     assert deleting != empty
     params.deletions_path.write_text("glacier\nvolcano\n", encoding="utf-8")
     assert source_fingerprint(params) not in {empty, deleting}
+
+
+def test_every_changed_doc_without_a_description_gets_a_title_probe() -> None:
+    doc = Doc(id="new", title="Lake Oshuno", text="A crater lake in Peru.", source="update")
+    probe = title_question(doc, "What is {title}?")
+    assert (probe.id, probe.question, probe.answers, probe.doc_ids) == (
+        "title:new",
+        "What is Lake Oshuno?",
+        [],
+        ["new"],
+    )
