@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,14 +45,14 @@ from tasks.lib.serving.registry import (
     register_pinned,
     registry_client,
     version_pins,
-    version_run_file,
-    version_run_tags,
 )
 from tasks.lib.serving.scores import (
     CHANGE_SET,
+    SCORES_ARTIFACT,
     TEST_SET,
     SystemScores,
     evaluation_files,
+    judged_scores,
     read_scores,
 )
 
@@ -61,7 +60,6 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 RESCORED_CHAMPION = "champion"  # evaluate's system name for the champion it re-scored
-SCORES_ARTIFACT = "evaluation"  # run artifact folder: the scores this gate judged on
 EMPTY = SystemScores((), {})
 NOTHING_REFRESHED = "nothing refreshed"
 
@@ -89,23 +87,6 @@ def scores_of(
     return found
 
 
-def own_scores(
-    client: MlflowClient, model: str, version: str, test_split: str, params: Params
-) -> tuple[SystemScores | None, str]:
-    """The scores `version` was itself judged on (its register run keeps them), if they were
-    on this very test split: a champion that evaluate did not re-score."""
-    if version_run_tags(client, model, version).get(TEST_SPLIT_TAG) != test_split:
-        return None, f"champion v{version} was scored on another test split: re-score it"
-    artifact = f"{SCORES_ARTIFACT}/{params.paths.evaluate_scores.name}"
-    with tempfile.TemporaryDirectory(prefix="ragloop-scores.") as tmp:
-        path = version_run_file(client, model, version, artifact, Path(tmp))
-        stored = read_scores(path) if path is not None else {}
-    own = stored.get((TEST_SET, params.register_.gate.candidate))
-    if own is None:
-        return None, f"champion v{version} has no per-question scores on record: re-score it"
-    return own, f"champion v{version}: the scores it was judged on, same test split"
-
-
 def champion_reference(
     client: MlflowClient,
     model: str,
@@ -130,8 +111,14 @@ def champion_reference(
         return True, None, "no champion yet: the candidate must beat the best baseline"
     if test_split is None:
         return False, None, f"evaluate did not re-score champion v{current}"
-    own, how = own_scores(client, model, current, test_split, params)
-    return own is not None, own, how
+    own = judged_scores(client, model, current, test_split, params)
+    if own is None:
+        missing = (
+            f"champion v{current} has no scores on record for this test split (it was scored "
+            "on another test split, or before scores were kept): re-score it"
+        )
+        return False, None, missing
+    return True, own, f"champion v{current}: the scores it was judged on, same test split"
 
 
 def judge_model(

@@ -11,18 +11,23 @@ an index refresh added or modified).
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, StrictStr
 
-from tasks.lib.core.config import PathsParams
+from tasks.lib.core.config import Params, PathsParams
 from tasks.lib.core.io import InputError, jsonl_records
 
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
 TEST_SET, CHANGE_SET = "test", "change_set"
+SCORES_ARTIFACT = "evaluation"  # register's run artifact folder: the scores its gate judged on
 
 
 class ScoreRow(BaseModel):
@@ -120,3 +125,21 @@ def evaluation_files(paths: PathsParams, folder: Path | None) -> tuple[Path, Pat
         folder / paths.evaluate_metrics.relative_to(paths.evaluate_dir),
         folder / paths.evaluate_scores.relative_to(paths.evaluate_dir),
     )
+
+
+def judged_scores(
+    client: MlflowClient, model: str, version: str, test_split: str, params: Params
+) -> SystemScores | None:
+    """The per-question test scores `version` was judged on (its register run keeps them), if
+    they were on this very test split; None otherwise. A bundle answers the same questions the
+    same way, so these stand for a re-score of it."""
+    from tasks.lib.serving.registry import TEST_SPLIT_TAG, version_run_file, version_run_tags
+
+    if version_run_tags(client, model, version).get(TEST_SPLIT_TAG) != test_split:
+        return None
+    artifact = f"{SCORES_ARTIFACT}/{params.paths.evaluate_scores.name}"
+    with tempfile.TemporaryDirectory(prefix="ragloop-scores.") as tmp:
+        path = version_run_file(client, model, version, artifact, Path(tmp))
+        stored = read_scores(path) if path is not None else {}
+    own = stored.get((TEST_SET, params.register_.gate.candidate))
+    return None if own is None else SystemScores(own.ids, own.metrics, version)
