@@ -214,3 +214,24 @@ def test_refresh_with_an_empty_change_set_needs_only_non_inferiority() -> None:
     assert "change set is empty" in decision.reasons[1]
     worse, _, _, _ = refresh_sets(np.random.default_rng(9), 0.0, 0.2)
     assert not refresh_gate(worse, champion, {}, {}, RULE).promote
+
+
+def test_a_small_change_set_promotes_a_gain_that_is_never_worse() -> None:
+    # Two questions about an added doc (the champion cannot find it), two about an edited doc
+    # both find: a tie cannot be excluded at 95 % on four questions, yet nothing is worse.
+    standing = {
+        m: np.full(N, 0.5) for m in ("answer_f1", "exact_match", "ndcg_at_10", "recall_at_10")
+    }
+    found, champion_found = np.array([1.0, 1.0, 1.0, 1.0]), np.array([0.0, 0.0, 1.0, 1.0])
+    decision = refresh_gate(
+        standing, standing, {"recall_at_10": found}, {"recall_at_10": champion_found}, RULE
+    )
+    assert decision.promote, decision.reasons
+    (change,) = [c for c in decision.checks if c.question_set == "change_set"]
+    assert change.low == 0.0 and change.diff == 0.5
+    # A tie is no gain, and one question lost is a possible loss: neither promotes.
+    for candidate in (champion_found, np.array([1.0, 1.0, 0.0, 1.0])):
+        decision = refresh_gate(
+            standing, standing, {"recall_at_10": candidate}, {"recall_at_10": champion_found}, RULE
+        )
+        assert not decision.promote, decision.reasons
