@@ -35,6 +35,8 @@ PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="the project'
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
     """A user-fixable error (bad params, a refused registry request) is one line and exit 1."""
+    from mlflow.exceptions import MlflowException
+
     from tasks.lib.core.io import InputError
     from tasks.lib.serving.registry import RegistryError
 
@@ -42,6 +44,9 @@ def _user_errors() -> Iterator[None]:
         yield
     except (InputError, RegistryError) as err:
         typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    except MlflowException as err:  # the store refused: say what it said, no traceback
+        typer.echo(f"error: MLflow: {err.message}", err=True)
         raise typer.Exit(1) from err
 
 

@@ -37,9 +37,10 @@ def prefect_api() -> Iterator[None]:
         yield
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def project_mlflow_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs go to the test project's own store, whatever MLflow variables the shell exported."""
+    """Runs go to the test project's own store, whatever the shell or an earlier test exported
+    (`mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI to the whole process)."""
     from tasks.lib.core.tracking import PARENT_RUN_ENV
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

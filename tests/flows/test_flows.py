@@ -90,11 +90,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return params_file
 
 
-@pytest.fixture(autouse=True)
-def _project_store(project_mlflow_store: None) -> None:
-    """Every test here reads and writes the test project's own MLflow store."""
-
-
 def parent_runs(params_file: Path) -> list:
     client = project_mlflow_client(params_file)
     experiment = client.get_experiment_by_name(load_params(params_file).tracking.experiment)

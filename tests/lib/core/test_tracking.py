@@ -33,11 +33,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return params_file
 
 
-@pytest.fixture(autouse=True)
-def _project_store(project_mlflow_store: None) -> None:
-    """Every test here reads and writes the test project's own MLflow store."""
-
-
 def test_uri_env_beats_params_beats_project_default(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
