@@ -15,8 +15,9 @@ from flows.cli import app
 from tasks import register
 from tasks.lib.core.config import load_params
 from tasks.lib.core.io import InputError, write_json
-from tasks.lib.core.tracking import PARENT_RUN_ENV, tracking_uri
+from tasks.lib.core.tracking import PARENT_RUN_ENV, file_digest, tracking_uri
 from tasks.lib.serving.registry import CHAMPION, aliases, promotion_events
+from tasks.lib.serving.scores import judged_scores
 from tests.support.projects import make_project, write_evaluation, write_jsonl
 
 RAG, RETRIEVER, GENERATOR = "ragloop-rag", "ragloop-retriever", "ragloop-generator"
@@ -91,6 +92,14 @@ def test_every_champion_move_is_recorded_and_listed(project: Path, client: Mlflo
     write_evaluation(project, {"tuned_rag": system(0.4), **BASELINES})
     register.main(project)
     assert decision_of(decision_file)["promote"]
+    # What evaluate reuses instead of re-running the champion: the scores v1 was judged on,
+    # for this very test split only.
+    params = load_params(project)
+    split = file_digest(params.paths.retrieval_qa_dir / "test.jsonl")
+    on_record = judged_scores(client, RAG, "1", split, params)
+    assert on_record is not None and on_record.version == "1"
+    assert on_record.metrics["answer_f1"].tolist() == system(0.4)["answer_f1"]
+    assert judged_scores(client, RAG, "1", "another split", params) is None
 
     # 2. Re-scored champion v1, a clear gain: the gate promotes v2.
     new_models(project, "r2")
