@@ -23,13 +23,15 @@ from tasks.evaluate import (
 from tasks.lib.core.config import load_params
 from tasks.lib.core.io import InputError, write_json
 from tasks.lib.core.records import Doc, QARecord
-from tasks.lib.retrieval.embedding_cache import EmbeddingCache
-from tasks.lib.retrieval.encoder import load_encoder
-from tasks.lib.retrieval.index_store import build_index
 from tasks.lib.serving.bundle import components_spec, save_bundle
 from tasks.lib.serving.scores import read_scores
 from tests.support.projects import make_project, write_jsonl
-from tests.support.retrieval import make_tiny_encoder, tiny_docs, tiny_index_params, tiny_qa
+from tests.support.retrieval import (
+    build_tiny_index,
+    make_tiny_encoder,
+    tiny_docs,
+    tiny_qa,
+)
 from tests.support.tiny_generator import make_tiny_generator
 
 DOCS = {
@@ -141,16 +143,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     write_json(paths.retriever_comparison_metrics, {"test": {"bm25": {"ndcg@10": 0.5}}})
     encoder = make_tiny_encoder(root / "models")
-    with EmbeddingCache(root / "cache") as cache:
-        build_index(
-            tiny_docs(),
-            load_encoder(str(encoder), Path()),
-            str(encoder),
-            cache,
-            tiny_index_params(),
-            root / "index",
-            False,
-        )
+    build_tiny_index(encoder, root / "index")
     fusion = {"rrf_k": 60, "dense_weight": 0.7, "bm25_weight": 0.3, "candidates": 10}
     write_json(root / "fusion.json", {"fusion": fusion})
     generator = make_tiny_generator(root / "models" / "generator")

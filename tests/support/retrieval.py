@@ -132,6 +132,18 @@ def tiny_index_params(**faiss_overrides: Any) -> IndexParams:
     return IndexParams.model_validate(section)
 
 
+def build_tiny_index(encoder: Path, out: Path) -> Path:
+    """The index stage's library call over the tiny KB with `encoder`, cached beside `out`."""
+    from tasks.lib.retrieval.embedding_cache import EmbeddingCache
+    from tasks.lib.retrieval.encoder import load_encoder
+    from tasks.lib.retrieval.index_store import build_index
+
+    model = load_encoder(str(encoder), Path())
+    with EmbeddingCache(out.parent / f"{out.name}.cache") as cache:
+        build_index(tiny_docs(), model, str(encoder), cache, tiny_index_params(), out, False)
+    return out
+
+
 def make_retrieval_project(root: Path, encoder: Path) -> Path:
     """A project folder: the repo's params.yaml with the retrieval paths and encoder pointed at
     the tiny KB, QA and encoder, and a smaller tuning grid and bootstrap. Returns params.yaml."""

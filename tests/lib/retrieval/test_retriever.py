@@ -9,30 +9,16 @@ import pytest
 import torch
 from ranx import Run, fuse
 
-from tasks.lib.retrieval.embedding_cache import EmbeddingCache
 from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
-from tasks.lib.retrieval.index_store import build_index
 from tasks.lib.retrieval.retriever import EncoderMismatchError, Fusion, Hit, Retriever, weighted_rrf
-from tests.support.retrieval import tiny_docs, tiny_index_params
+from tests.support.retrieval import build_tiny_index, tiny_docs
 
 FUSION = Fusion(rrf_k=60, dense_weight=0.7, bm25_weight=0.3, candidates=10)
 
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory: pytest.TempPathFactory, tiny_encoders) -> Path:
-    folder = tmp_path_factory.mktemp("index")
-    model = load_encoder(str(tiny_encoders[0]), Path())
-    with EmbeddingCache(folder / "cache") as cache:
-        build_index(
-            tiny_docs(),
-            model,
-            str(tiny_encoders[0]),
-            cache,
-            tiny_index_params(),
-            folder / "index",
-            False,
-        )
-    return folder / "index"
+    return build_tiny_index(tiny_encoders[0], tmp_path_factory.mktemp("index") / "index")
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,14 @@ from mlflow import MlflowClient
 
 from tasks.lib.core.config import BundleParams, GeneratorParams
 from tasks.lib.core.io import InputError, write_json
-from tasks.lib.retrieval.embedding_cache import EmbeddingCache
-from tasks.lib.retrieval.encoder import load_encoder
-from tasks.lib.retrieval.index_store import build_index
 from tasks.lib.retrieval.retriever import EncoderMismatchError, Fusion, Retriever
 from tasks.lib.serving.bundle import components_spec, is_bundle, pin_components, save_bundle
 from tasks.lib.serving.champion import champion_retriever
 from tasks.lib.serving.registry import promote, register_models
-from tests.support.retrieval import make_tiny_encoder, tiny_docs, tiny_index_params
+from tests.support.retrieval import (
+    build_tiny_index,
+    make_tiny_encoder,
+)
 from tests.support.tiny_generator import INSTRUCTIONS, make_tiny_generator
 
 GENERATOR = GeneratorParams(top_k=2, passage_tokens=12, max_new_tokens=4, instructions=INSTRUCTIONS)
@@ -40,16 +40,7 @@ def parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two tiny encoders (the index is built by the first), fusion file, tiny generator."""
     root = tmp_path_factory.mktemp("bundle_parts")
     encoder, other = make_tiny_encoder(root, seed=0), make_tiny_encoder(root, seed=1)
-    with EmbeddingCache(root / "cache") as cache:
-        build_index(
-            tiny_docs(),
-            load_encoder(str(encoder), Path()),
-            str(encoder),
-            cache,
-            tiny_index_params(),
-            root / "index",
-            False,
-        )
+    build_tiny_index(encoder, root / "index")
     write_json(root / "fusion.json", {"fusion": vars(FUSION)})
     generator = make_tiny_generator(root / "generator")
     return {
