@@ -28,7 +28,7 @@ from flows.watch import watch
 from tasks.lib.core.config import load_params
 from tasks.lib.core.tracking import PARENT_RUN_ENV, tracking_uri
 from tasks.lib.serving.registry import CHALLENGER, CHAMPION, aliases
-from tests.support.projects import REPO, make_project, write_jsonl
+from tests.support.projects import REPO, make_tracked_project_on_kb, write_jsonl
 from tests.support.retrieval import TOPICS, make_tiny_encoder, tiny_qa
 from tests.support.tiny_generator import make_tiny_generator
 
@@ -112,13 +112,8 @@ def make_e2e_project(root: Path) -> Path:
     encoder = make_tiny_encoder(root / "models")
     generator = make_tiny_generator(root / "models" / "generator")
     shrunk = {f"{section}__{k}": v for section, knobs in SHRUNK.items() for k, v in knobs.items()}
-    params_file = make_project(
+    params_file = make_tracked_project_on_kb(
         root,
-        source="packaged",  # writes no KB of its own: ingest reads the one written above
-        tracked=True,
-        ingest__source="folder",
-        ingest__kb_folder="my_kb",
-        ingest__qa_file="my_qa.jsonl",
         index__encoder=str(encoder),
         prepare_generator__model=str(generator),
         **shrunk,

@@ -34,7 +34,7 @@ from tasks.lib.retrieval.encoder import load_encoder
 from tasks.lib.retrieval.index_store import MANIFEST_FILE, build_index
 from tasks.lib.serving.bundle import COMPONENTS, components_spec, pin_components, save_bundle
 from tasks.lib.serving.registry import promote, register_models, registry_client
-from tests.support.projects import REPO, dvc, make_project, write_jsonl
+from tests.support.projects import REPO, dvc, make_project, make_tracked_project_on_kb, write_jsonl
 from tests.support.retrieval import TOPICS, make_tiny_encoder, tiny_qa
 from tests.support.tiny_generator import make_tiny_generator
 
@@ -105,13 +105,8 @@ def tiny_project(root: Path, generator: Path) -> Path:
     ]
     write_jsonl(root / "my_kb" / "docs.jsonl", docs)
     write_jsonl(root / "my_qa.jsonl", [row for rows in tiny_qa().values() for row in rows])
-    params_file = make_project(
+    params_file = make_tracked_project_on_kb(
         root,
-        source="packaged",  # writes no KB of its own: ingest reads the one written above
-        tracked=True,
-        ingest__source="folder",
-        ingest__kb_folder="my_kb",
-        ingest__qa_file="my_qa.jsonl",
         paths__generator_base_dir=str(generator),
         **SHRUNK,
     )

@@ -111,6 +111,20 @@ def make_project(
     return params_file
 
 
+def make_tracked_project_on_kb(root: Path, **overrides: Any) -> Path:
+    """A tracked project reading the KB and QA the caller wrote to `my_kb/` and `my_qa.jsonl`
+    (`source="packaged"` only keeps make_project from writing a KB of its own)."""
+    return make_project(
+        root,
+        source="packaged",
+        tracked=True,
+        ingest__source="folder",
+        ingest__kb_folder="my_kb",
+        ingest__qa_file="my_qa.jsonl",
+        **overrides,
+    )
+
+
 def project_mlflow_client(params_file: Path) -> MlflowClient:
     """A client on the store the project's params point at (its sqlite file by default)."""
     from mlflow import MlflowClient
