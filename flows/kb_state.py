@@ -1,16 +1,19 @@
-"""The fingerprint of the KB *source*, and the one the last successful retrain or refresh consumed.
+"""The fingerprints of the KB *source*, and those the last successful retrain or refresh consumed.
 
-The source is what `ingest` reads (the packaged files, or the user's KB folder and QA file, and
-the updates folder with its deletions file), fingerprinted before ingest runs, so the watcher
-can tell a changed KB without running any stage. The recorded fingerprint lives in `.state/`
-of the project and is written only when a flow succeeds: a failed run leaves the old one, and
-the next check tries again.
+The source is what `ingest` reads, in two parts fingerprinted apart: the docs (the packaged
+summaries or the user's KB folder, and the updates folder with its deletions file) and the
+questions (the packaged FanOutQA file or the user's QA folder). They are taken before ingest
+runs, so the watcher can tell which part changed without running any stage: new docs can be
+served by a refresh, new questions change what the models learn from and are judged on. The
+recorded fingerprints live in one file in `.state/` of the project, written only when a flow
+succeeds: a failed run leaves the old ones, and the next check tries again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,13 +21,33 @@ from tasks.lib.core.assets import package_file
 from tasks.lib.core.config import IngestParams
 from tasks.lib.core.io import InputError, atomic_path, write_json
 from tasks.lib.core.tracking import file_digest
-from tasks.lib.kb.sources import FANOUT_FILE, FANOUT_PACKAGE, WIKI_FILE, WIKI_PACKAGE, kb_files
+from tasks.lib.kb.sources import (
+    FANOUT_FILE,
+    FANOUT_PACKAGE,
+    WIKI_FILE,
+    WIKI_PACKAGE,
+    kb_files,
+    qa_files,
+)
 
 STATE_FILE = Path(".state") / "kb_source_fingerprint.json"
+NamedFiles = list[tuple[str, Path]]
 
 
-def source_files(params: IngestParams) -> list[tuple[str, Path]]:
-    """(stable name, path) of every file ingest reads, in a deterministic order.
+@dataclass(frozen=True)
+class SourceFingerprint:
+    """sha256 of the docs part and of the QA part of the KB source."""
+
+    docs: str
+    qa: str
+
+    def short(self) -> str:
+        return f"docs {self.docs[:12]}, qa {self.qa[:12]}"
+
+
+def source_files(params: IngestParams) -> tuple[NamedFiles, NamedFiles]:
+    """(stable name, path) of every file ingest reads, docs part and QA part, each in a
+    deterministic order.
 
     Names are relative, so moving the project folder does not look like a KB change, while
     renaming a KB file (which renames its doc id) does.
@@ -35,42 +58,53 @@ def source_files(params: IngestParams) -> list[tuple[str, Path]]:
     if deletions.is_file():
         named_updates.append(("deletions", deletions))
     if params.source == "packaged":
-        return [
-            ("packaged/kb", package_file(WIKI_PACKAGE, WIKI_FILE)),
-            ("packaged/qa", package_file(FANOUT_PACKAGE, FANOUT_FILE)),
-            *named_updates,
-        ]
-    folder = params.kb_folder
+        return (
+            [("packaged/kb", package_file(WIKI_PACKAGE, WIKI_FILE)), *named_updates],
+            [("packaged/qa", package_file(FANOUT_PACKAGE, FANOUT_FILE))],
+        )
+    folder, qa_folder = params.kb_folder, params.qa_folder
     if not folder.is_dir():
         raise InputError(f"{folder}: KB folder not found")
     named = [(f"kb/{p.relative_to(folder).as_posix()}", p) for p in kb_files(folder)]
-    return [*named, ("qa", params.qa_file), *named_updates]
+    named_qa = [(f"qa/{p.relative_to(qa_folder).as_posix()}", p) for p in qa_files(qa_folder)]
+    return [*named, *named_updates], named_qa
 
 
-def source_fingerprint(params: IngestParams) -> str:
-    """sha256 over the names and content hashes of the source files."""
+def files_digest(files: NamedFiles) -> str:
+    """sha256 over the names and content hashes of the files (of nothing: no QA set)."""
     digest = hashlib.sha256()
-    for name, path in source_files(params):
+    for name, path in files:
         if not path.is_file():
             raise InputError(f"{path}: KB source file not found")
         digest.update(f"{name}\0{file_digest(path)}\n".encode())
     return digest.hexdigest()
 
 
-def last_consumed_fingerprint(project: Path) -> str | None:
+def source_fingerprint(params: IngestParams) -> SourceFingerprint:
+    docs, qa = source_files(params)
+    return SourceFingerprint(docs=files_digest(docs), qa=files_digest(qa))
+
+
+def last_consumed_fingerprint(project: Path) -> SourceFingerprint | None:
+    """The fingerprints the last success recorded; None when there is none, or only one of
+    the single fingerprint recorded before the parts were told apart (which part it covered
+    is unknown)."""
     path = project / STATE_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))["fingerprint"]
+    recorded = json.loads(path.read_text(encoding="utf-8"))["fingerprint"]
+    return SourceFingerprint(**recorded) if isinstance(recorded, dict) else None
 
 
-def record_consumed_fingerprint(project: Path, fingerprint: str, flow_run_id: str | None) -> None:
+def record_consumed_fingerprint(
+    project: Path, fingerprint: SourceFingerprint, flow_run_id: str | None
+) -> None:
     """Remember the KB a successful retrain or refresh consumed (call only after it succeeded)."""
     with atomic_path(project / STATE_FILE) as tmp:
         write_json(
             tmp,
             {
-                "fingerprint": fingerprint,
+                "fingerprint": asdict(fingerprint),
                 "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "flow_run_id": flow_run_id,
             },

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,8 @@ def run_pipeline(
     prefect_tags = {
         "prefect.flow_run_id": str(flow_run.get_id()),
         "prefect.flow_run_name": str(flow_run.get_name()),
-        "kb_source_fingerprint": fingerprint,
+        "kb_source_fingerprint.docs": fingerprint.docs,
+        "kb_source_fingerprint.qa": fingerprint.qa,
     }
     ui_url = flow_run.get_flow_run_ui_url()  # only a real Prefect server has a UI
     if ui_url and ui_url.startswith("http"):
@@ -218,7 +220,7 @@ def run_pipeline(
         "mlflow_run_id": parent.run_id,
         "mlflow_run_url": url,
         "gate": decision,
-        "kb_source_fingerprint": fingerprint,
+        "kb_source_fingerprint": asdict(fingerprint),
     }
 
 

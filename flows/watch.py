@@ -1,22 +1,25 @@
 """Prefect flow `watch-kb`: serve the KB only when its source changed since the last success.
 
-Cheap enough to run every few minutes: it hashes the files ingest would read and compares
-with the fingerprint the last successful `refresh` or `retrain` recorded; no stage, no MLflow
-run, and no flow run when they match. A change starts the `refresh` flow, which re-indexes the
-KB with the champion's own models and lets the refresh gate decide in minutes; training waits
-for the scheduled `retrain`. With no champion yet there is nothing to refresh, so a change
-starts `retrain`, which makes the first one.
+Cheap enough to run every few minutes: it hashes the files ingest would read, the docs part
+and the QA part apart, and compares them with the fingerprints the last successful `refresh`
+or `retrain` recorded; no stage, no MLflow run, and no flow run when they match. Changed docs
+alone start the `refresh` flow, which re-indexes the KB with the champion's own models and lets
+the refresh gate decide in minutes; training waits for the scheduled `retrain`. Changed
+questions (added, edited or removed) start `retrain`: real questions change what both models
+learn from and the test split they are judged on, which a refresh never looks at. With no
+champion yet there is nothing to refresh, so any change starts `retrain`, which makes the first.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
-from flows.kb_state import last_consumed_fingerprint, source_fingerprint
+from flows.kb_state import SourceFingerprint, last_consumed_fingerprint, source_fingerprint
 from flows.refresh import refresh
 from flows.retrain import retrain
 from tasks.lib.core.config import Params, load_params
@@ -31,21 +34,40 @@ def has_champion(params: Params) -> bool:
     return CHAMPION in aliases(registry_client(params), params.register_.judged)
 
 
+def choose_flow(
+    current: SourceFingerprint, last: SourceFingerprint | None, champion: bool
+) -> tuple[str | None, str]:
+    """The flow a KB source change needs, and why: none when nothing changed, `refresh` when
+    only the docs did and a champion serves them, else `retrain`."""
+    if current == last:
+        return None, "KB unchanged since the last successful run"
+    if not champion:
+        return retrain.name, "no champion to refresh yet"
+    if last is None:
+        return retrain.name, "no record of the questions the champion's run consumed"
+    if current.qa != last.qa:
+        return retrain.name, "the questions changed: they move the training and the test sets"
+    return refresh.name, "only the docs changed: the champion's models serve them"
+
+
 @flow(name="watch-kb", log_prints=True)
 def watch(params_file: str = "params.yaml") -> dict[str, Any]:
-    """Start `refresh` (or `retrain`, before the first champion) as a subflow if and only if
-    the KB fingerprint moved."""
+    """Start `refresh` or `retrain` as a subflow, as `choose_flow` decides, if and only if the
+    KB source's fingerprint moved."""
     params_path = Path(params_file).resolve()
     params = load_params(params_path)
     current = source_fingerprint(params.ingest)
     last = last_consumed_fingerprint(params.project_dir)
-    if current == last:
-        print(f"watch: KB unchanged since the last successful run ({current[:12]})")
-        return {"changed": False, "fingerprint": current, "flow": None, "result": None}
-    target = refresh if has_champion(params) else retrain
-    print(f"watch: KB changed ({(last or 'never served')[:12]} -> {current[:12]}): {target.name}")
+    state = {"fingerprint": asdict(current)}
+    if current == last:  # the registry is not asked: an unchanged KB costs about a second
+        print(f"watch: KB unchanged since the last successful run ({current.short()})")
+        return {"changed": False, **state, "flow": None, "result": None}
+    chosen, why = choose_flow(current, last, has_champion(params))
+    was = last.short() if last else "never served"
+    print(f"watch: KB changed ({was} -> {current.short()}): {chosen} ({why})")
+    target = refresh if chosen == refresh.name else retrain
     result = target(str(params_path))
-    return {"changed": True, "fingerprint": current, "flow": target.name, "result": result}
+    return {"changed": True, **state, "flow": chosen, "result": result}
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Stage `dedup`: drop exact and near-duplicate passages, and point QA at the kept copies.
+"""Stage `dedup`: drop quarantined, exact and near-duplicate passages, and fix QA to match.
+
+The docs validate quarantined go first: they leave the KB and the QA records' gold docs, and a
+record left with no gold doc is dropped, as for a deleted doc.
 
 Exact duplicates share the hash of their normalized text. Near duplicates are found with MinHash
 LSH (datasketch) over word shingles, then confirmed with the true Jaccard similarity of the two
@@ -19,7 +22,15 @@ from tqdm import tqdm
 
 from tasks.lib.core.config import DedupParams, load_params
 from tasks.lib.core.io import atomic_path, run_stage, write_json, write_jsonl
-from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
+from tasks.lib.core.records import (
+    Doc,
+    QARecord,
+    QuarantinedDoc,
+    read_docs,
+    read_qa_splits,
+    read_quarantine,
+    unlink_docs,
+)
 from tasks.lib.core.tracking import stage_run
 
 _WORD = re.compile(r"\w+")
@@ -27,14 +38,15 @@ _WORD = re.compile(r"\w+")
 
 @dataclass(frozen=True)
 class Dropped:
-    """Why a doc was removed: `reason` is 'exact' or 'near', `similarity` the shingle Jaccard."""
+    """Why a doc was removed: `reason` is 'exact', 'near' (with the kept doc and the shingle
+    Jaccard) or 'quarantined:<expectation>' (validate's; nothing kept in its place)."""
 
     id: str
     title: str
     reason: str
-    kept_id: str
-    kept_title: str
-    similarity: float
+    kept_id: str | None
+    kept_title: str | None
+    similarity: float | None
 
 
 def normalize_text(text: str) -> str:
@@ -106,28 +118,54 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     docs = read_docs(params.paths.kb_docs)
     qa_splits = read_qa_splits(params.paths.qa_dir)
+    quarantine = read_quarantine(params.paths.validate_quarantine)
     out_dir = params.paths.dedup_dir
 
     with stage_run("dedup", params) as run:
-        metrics = deduplicate(docs, qa_splits, params.dedup, out_dir)
+        metrics = deduplicate(docs, qa_splits, quarantine, params.dedup, out_dir)
         run.log_metrics(metrics)
         run.log_artifact(out_dir / "dropped.jsonl")
 
 
+def drop_quarantined(
+    docs: list[Doc], qa_splits: dict[str, list[QARecord]], quarantine: list[QuarantinedDoc]
+) -> tuple[list[Doc], dict[str, list[QARecord]], list[Dropped], int]:
+    """The docs and QA without the quarantined docs, the drop rows, and the QA records dropped
+    for citing only quarantined docs."""
+    reason = {q.id: f"quarantined:{q.expectation}" for q in quarantine}
+    dropped = [
+        Dropped(d.id, d.title, reason[d.id], None, None, None) for d in docs if d.id in reason
+    ]
+    unlinked = {split: unlink_docs(records, reason.keys()) for split, records in qa_splits.items()}
+    kept_splits = {split: records for split, (records, _, _) in unlinked.items()}
+    qa_dropped = sum(count for _, _, count in unlinked.values())
+    return [d for d in docs if d.id not in reason], kept_splits, dropped, qa_dropped
+
+
 def deduplicate(
-    docs: list[Doc], qa_splits: dict[str, list[QARecord]], params: DedupParams, out_dir: Path
+    docs: list[Doc],
+    qa_splits: dict[str, list[QARecord]],
+    quarantine: list[QuarantinedDoc],
+    params: DedupParams,
+    out_dir: Path,
 ) -> dict[str, int]:
     """Write the kept docs, remapped QA, the drop report and metrics; return the metrics."""
-    dropped = find_duplicates(docs, params)
-    kept_id = {d.id: d.kept_id for d in dropped}
-    kept_docs = [doc for doc in docs if doc.id not in kept_id]
-    remapped = {split: remap_qa(records, kept_id) for split, records in qa_splits.items()}
+    valid_docs, valid_splits, quarantined, qa_dropped = drop_quarantined(
+        docs, qa_splits, quarantine
+    )
+    duplicates = find_duplicates(valid_docs, params)
+    kept_id = {d.id: d.kept_id for d in duplicates}
+    kept_docs = [doc for doc in valid_docs if doc.id not in kept_id]
+    remapped = {split: remap_qa(records, kept_id) for split, records in valid_splits.items()}
+    dropped = quarantined + duplicates
     metrics = {
         "docs_in": len(docs),
         "docs_out": len(kept_docs),
+        "quarantined": len(quarantined),
         "exact_duplicates": sum(d.reason == "exact" for d in dropped),
         "near_duplicates": sum(d.reason == "near" for d in dropped),
         "qa_records_rewritten": sum(count for _, count in remapped.values()),
+        "qa_records_dropped": qa_dropped,  # every gold doc quarantined
     }
 
     with atomic_path(out_dir) as out:

@@ -1,5 +1,8 @@
 """Stage `ingest`: turn a knowledge-base source and a QA source into the canonical JSONL files.
 
+A folder KB may come without questions (an empty or absent QA folder): the splits are then
+written empty, and the pipeline evaluates on questions generated from the KB.
+
 The sources are read by `tasks.lib.kb.sources`, with the updates folder's added, replaced and
 deleted docs applied; this stage marks which questions are answerable from their gold passages
 and splits them by group into train / dev / test.
@@ -82,6 +85,12 @@ def write_outputs(
             f"ingest: updates folder: {edits.added} docs added, {edits.replaced} replaced, "
             f"{edits.deleted} deleted; {edits.qa_unlinked} QA records lost a deleted gold doc, "
             f"{edits.qa_dropped} of them dropped (no gold doc left)"
+        )
+    if not any(splits.values()):
+        print(
+            "ingest: no QA records: the train, dev and test splits are empty; the pipeline "
+            "will evaluate on generated questions (for real ones, add .jsonl files of QA records "
+            f"to {params.ingest.qa_folder})"
         )
     for name, split_records in splits.items():
         answerable = sum(bool(r.answerable) for r in split_records)

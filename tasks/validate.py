@@ -8,10 +8,17 @@ a failed run's report is the one the user opens.
 Checks that need more than one column or one record (a group in two splits, a character share)
 are computed in pandas as derived columns, so each GX expectation stays a plain column check
 whose offending rows GX can name by record id.
+
+Real documentation has a few odd docs (a section of three words), so each docs expectation has
+a policy (`validate.on_failure`): `stop`, or `quarantine`: its offending docs, as GX lists them,
+go to the quarantine file with the expectation and value, dedup drops them and the pipeline
+goes on, unless more than `max_quarantined_share` of the docs are quarantined (GX's `mostly`
+bounds each expectation, the share of all quarantined docs is bounded here). QA suites stop.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,8 +34,8 @@ from great_expectations.data_context.types.base import (
 )
 
 from tasks.lib.core.config import ValidateParams, load_params
-from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json
-from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
+from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json, write_jsonl
+from tasks.lib.core.records import Doc, QARecord, QuarantinedDoc, read_docs, read_qa_splits
 from tasks.lib.core.tracking import stage_run
 
 # C0/C1 controls except the whitespace a text legitimately holds, plus U+FFFD, which a decoder
@@ -39,6 +46,7 @@ CONTROL_CHARS = {
 BLANK = r"^\s*$"  # valid in RE2 too: pandas runs regexes on pyarrow strings with it
 ROWS = {"docs": "docs", "qa": "questions", "qa_doc_ids": "doc_id references"}
 GX_KWARGS = ("batch_id", "column", "result_format")  # bookkeeping, not what the check demands
+STOP, QUARANTINE = "stop", "quarantine"
 
 
 def control_char_share(text: str) -> float:
@@ -78,25 +86,41 @@ def qa_doc_ids_frame(splits: Mapping[str, list[QARecord]], kb_ids: set[str]) -> 
 
 
 def docs_suite(params: ValidateParams) -> gx.ExpectationSuite:
+    """The docs expectations; each but the id ones carries its `on_failure` name and policy in
+    its meta, and a quarantining one passes while its offending share stays within the bound."""
     ex = gx.expectations
+
+    def policy(name: str) -> dict[str, Any]:
+        on_failure = getattr(params.on_failure, name)
+        bound = {"mostly": 1 - params.max_quarantined_share} if on_failure == QUARANTINE else {}
+        return {"meta": {"check": name, "on_failure": on_failure}} | bound
+
     return gx.ExpectationSuite(
         name="docs",
         expectations=[
             ex.ExpectColumnValuesToNotBeNull(column="id"),
             ex.ExpectColumnValuesToNotMatchRegex(column="id", regex=BLANK),
             ex.ExpectColumnValuesToBeUnique(column="id"),
-            ex.ExpectColumnValuesToNotMatchRegex(column="text", regex=BLANK),
-            ex.ExpectColumnValueLengthsToBeBetween(
-                column="text", min_value=params.doc_min_chars, max_value=params.doc_max_chars
+            ex.ExpectColumnValuesToNotMatchRegex(
+                column="text", regex=BLANK, **policy("text_not_blank")
             ),
-            ex.ExpectColumnValuesToNotMatchRegex(column="title", regex=BLANK),
             ex.ExpectColumnValueLengthsToBeBetween(
-                column="title", max_value=params.title_max_chars
+                column="text", min_value=params.doc_min_chars, **policy("doc_min_chars")
+            ),
+            ex.ExpectColumnValueLengthsToBeBetween(
+                column="text", max_value=params.doc_max_chars, **policy("doc_max_chars")
+            ),
+            ex.ExpectColumnValuesToNotMatchRegex(
+                column="title", regex=BLANK, **policy("title_not_blank")
+            ),
+            ex.ExpectColumnValueLengthsToBeBetween(
+                column="title", max_value=params.title_max_chars, **policy("title_max_chars")
             ),
             ex.ExpectColumnValuesToBeBetween(
                 column="control_char_share",
                 max_value=params.max_control_char_share,
                 notes="Share of control characters (except tab, newline, CR) or U+FFFD in text.",
+                **policy("max_control_char_share"),
             ),
         ],
     )
@@ -152,6 +176,8 @@ class ExpectationOutcome:
     rows: int
     unexpected: int
     examples: list[dict[str, Any]]  # {"id": record id, other column: its value, ...}
+    check: str | None  # its validate.on_failure name (docs suite)
+    on_failure: str  # stop | quarantine
 
     def describe(self, row_name: str) -> str:
         args = ", ".join([f"column {self.column}"] + [f"{k} {v}" for k, v in self.kwargs.items()])
@@ -176,17 +202,37 @@ class SuiteOutcome:
 @dataclass(frozen=True)
 class ValidationReport:
     suites: list[SuiteOutcome]
+    quarantine: list[QuarantinedDoc]  # one per doc, under the first expectation it failed
+    max_quarantined_share: float
+
+    @property
+    def quarantine_exceeded(self) -> bool:
+        docs = next((s.rows for s in self.suites if s.name == "docs"), 0)
+        return len(self.quarantine) > self.max_quarantined_share * docs
 
     @property
     def success(self) -> bool:
-        return all(s.success for s in self.suites)
+        return all(s.success for s in self.suites) and not self.quarantine_exceeded
 
     def failures(self) -> list[ExpectationOutcome]:
         return [e for s in self.suites for e in s.expectations if not e.success]
 
+    def quarantined_by_check(self) -> dict[str, int]:
+        return dict(Counter(q.expectation for q in self.quarantine))
+
     def message(self, data_docs_index: Path) -> str:
-        """One line per failed expectation, then where the full report is."""
+        """One line per failed expectation, one for too many quarantined docs, then where the
+        full report is."""
         lines = [e.describe(ROWS.get(e.suite, "rows")) for e in self.failures()]
+        if self.quarantine_exceeded:
+            docs = next(s.rows for s in self.suites if s.name == "docs")
+            counts = ", ".join(f"{k} {v}" for k, v in self.quarantined_by_check().items())
+            shown = ", ".join(repr(q.id) for q in self.quarantine[:5])
+            lines.append(
+                f"quarantine: {len(self.quarantine)} of {docs} docs ({counts}), more than "
+                f"validate.max_quarantined_share {self.max_quarantined_share}, e.g. {shown}: "
+                "fix those docs, or raise the bound if so many are expected"
+            )
         return "\n".join(
             ["validation failed:", *(f"  {line}" for line in lines), f"report: {data_docs_index}"]
         )
@@ -197,6 +243,8 @@ class ValidationReport:
             "rows": {s.name: s.rows for s in self.suites},
             "evaluated_expectations": sum(len(s.expectations) for s in self.suites),
             "failed_expectations": len(self.failures()),
+            "quarantined": len(self.quarantine),
+            "quarantined_by_expectation": self.quarantined_by_check(),
             "suites": {s.name: asdict(s) for s in self.suites},
         }
 
@@ -227,16 +275,45 @@ def expectation_outcome(
             break
         if all(e["id"] != entry["id"] for e in examples):
             examples.append({k: shorten(v) for k, v in entry.items() if k in keep})
+    meta = config.meta or {}
     return ExpectationOutcome(
         suite=suite,
         expectation=config.type,
         column=column,
-        kwargs={k: v for k, v in config.kwargs.items() if k not in GX_KWARGS and v is not None},
+        kwargs=dict(  # `mostly` last: it reads as a qualifier of the bound
+            sorted(
+                ((k, v) for k, v in config.kwargs.items() if k not in GX_KWARGS and v is not None),
+                key=lambda item: item[0] == "mostly",
+            )
+        ),
         success=bool(result.success),
         rows=int(details.get("element_count", 0)),
         unexpected=int(details.get("unexpected_count", 0)),
         examples=examples,
+        check=meta.get("check"),
+        on_failure=meta.get("on_failure", STOP),
     )
+
+
+def quarantined_docs(result: Any) -> list[QuarantinedDoc]:
+    """The docs a quarantining expectation's GX result lists as unexpected, with why."""
+    config = result.expectation_config
+    if (config.meta or {}).get("on_failure") != QUARANTINE:
+        return []
+    column = config.kwargs["column"]
+    rule = {
+        k: v for k, v in config.kwargs.items() if k not in (*GX_KWARGS, "mostly") and v is not None
+    }
+    return [
+        QuarantinedDoc(
+            id=entry["id"],
+            expectation=config.meta["check"],
+            column=column,
+            value=shorten(entry[column]),
+            rule=rule,
+        )
+        for entry in result.result.get("unexpected_index_list") or []
+    ]
 
 
 def data_docs_site(docs_dir: Path) -> dict[str, Any]:
@@ -252,7 +329,10 @@ def data_docs_site(docs_dir: Path) -> dict[str, Any]:
 
 
 def run_suites(
-    checks: list[SuiteCheck], report_examples: int, docs_dir: Path | None
+    checks: list[SuiteCheck],
+    report_examples: int,
+    max_quarantined_share: float,
+    docs_dir: Path | None,
 ) -> ValidationReport:
     """Validate each frame in an in-memory GX context; build data docs into docs_dir if given.
 
@@ -268,6 +348,7 @@ def run_suites(
     context = gx.get_context(project_config=config, mode="ephemeral")
     source = context.data_sources.add_pandas("ragloop")
     outcomes = []
+    quarantine: dict[str, QuarantinedDoc] = {}  # a doc is listed under its first failure
     for suite, frame, index_columns in checks:
         asset = source.add_dataframe_asset(suite.name)
         batch = asset.add_batch_definition_whole_dataframe(suite.name)
@@ -284,10 +365,13 @@ def run_suites(
             expectation_outcome(suite.name, r, index_columns, report_examples)
             for r in result.results
         ]
+        for r in result.results:
+            for doc in quarantined_docs(r):
+                quarantine.setdefault(doc.id, doc)
         outcomes.append(SuiteOutcome(suite.name, bool(result.success), len(frame), expectations))
     if docs_dir:
         context.build_data_docs()
-    return ValidationReport(outcomes)
+    return ValidationReport(outcomes, list(quarantine.values()), max_quarantined_share)
 
 
 def validate(
@@ -303,21 +387,35 @@ def validate(
         SuiteCheck(qa_suite(), qa_frame(splits)),
         SuiteCheck(qa_doc_ids_suite(), qa_doc_ids_frame(splits, kb_ids), ("id", "doc_id")),
     ]
-    return run_suites(checks, params.report_examples, docs_dir)
+    return run_suites(checks, params.report_examples, params.max_quarantined_share, docs_dir)
 
 
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     docs = read_docs(params.paths.kb_docs)
     splits = read_qa_splits(params.paths.qa_dir)
-    out_dir = params.paths.validate_dir
+    out_dir, summary, quarantine = (
+        params.paths.validate_dir,
+        params.paths.validate_summary,
+        params.paths.validate_quarantine,
+    )
 
     with stage_run("validate", params) as run:
         with atomic_path(out_dir) as tmp_dir:
             report = validate(docs, splits, params.validate_, tmp_dir / "data_docs")
-            write_json(tmp_dir / "summary.json", report.summary())
-        run.log_metrics({"success": int(report.success), "failed": len(report.failures())})
-        run.log_artifact(out_dir / "summary.json")
+            write_json(tmp_dir / summary.relative_to(out_dir), report.summary())
+            write_jsonl(tmp_dir / quarantine.relative_to(out_dir), report.quarantine)
+        by_check = report.quarantined_by_check()
+        run.log_metrics(
+            {
+                "success": int(report.success),
+                "failed": len(report.failures()),
+                "quarantined": len(report.quarantine),
+            }
+            | {f"quarantined_{name}": count for name, count in by_check.items()}
+        )
+        run.log_artifact(summary)
+        run.log_artifact(quarantine)
         run.log_artifact(out_dir / "data_docs")  # the failed run keeps its readable report
     index = out_dir / "data_docs" / "index.html"
     if not report.success:
@@ -326,6 +424,12 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     for suite in report.suites:
         passed = f"{len(suite.expectations)} expectations passed"
         print(f"validate: {suite.name:10s} {suite.rows:6d} {ROWS[suite.name]}, {passed}")
+    if report.quarantine:
+        counts = ", ".join(f"{name} {count}" for name, count in by_check.items())
+        print(
+            f"validate: quarantined {len(report.quarantine)} docs ({counts}), listed in "
+            f"{quarantine}; dedup drops them"
+        )
     print(f"validate: report {index}")
 
 

@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from uuid import UUID
 
@@ -22,13 +23,13 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from flows.kb_state import STATE_FILE, source_fingerprint
+from flows.kb_state import STATE_FILE, SourceFingerprint, source_fingerprint
 from flows.retrain import pipeline_stages
-from flows.watch import watch
+from flows.watch import choose_flow, watch
 from tasks.lib.core.config import load_params
 from tasks.lib.core.tracking import ensure_experiment
 from tasks.lib.serving.registry import promote, register_folder, registry_client
-from tests.support.projects import REPO, make_project, project_mlflow_client
+from tests.support.projects import REPO, make_project, project_mlflow_client, write_jsonl
 
 FOUNDATION = ("ingest", "validate", "dedup")
 REFRESH_GATE = "refresh_register"
@@ -124,7 +125,7 @@ def test_watch_retrains_a_new_kb_end_to_end_then_rests(project: Path) -> None:
         flow_run = prefect.read_flow_run(UUID(retrain["flow_run_id"]))
     assert f"mlflow-run:{parent.info.run_id}" in flow_run.tags
     state = json.loads((root / STATE_FILE).read_text())
-    assert state["fingerprint"] == source_fingerprint(load_params(project).ingest)
+    assert state["fingerprint"] == asdict(source_fingerprint(load_params(project).ingest))
 
     # Same KB: no retrain flow, no MLflow run, nothing touched.
     lock = (root / "dvc.lock").read_bytes()
@@ -192,3 +193,43 @@ def test_with_a_champion_a_kb_change_starts_the_refresh_path_only(project: Path)
     assert parent.data.tags["stages_ran"] == f"ingest,validate,dedup,{REFRESH_GATE}"
     # The refresh consumed this KB: the watcher rests.
     assert watch(str(project))["changed"] is False
+
+
+def test_new_questions_retrain_even_with_a_champion(project: Path) -> None:
+    """Runs after the refresh test: a champion exists and the watcher rests."""
+    root = project.parent
+    before = source_fingerprint(load_params(project).ingest)
+    question = {
+        "id": "q-comet",
+        "question": "What does a comet have?",
+        "answers": ["a bright tail"],
+        "doc_ids": ["comet"],
+        "group": "g-comet",
+    }
+    write_jsonl(root / "my_qa/more.jsonl", [question])
+    after = source_fingerprint(load_params(project).ingest)
+    assert after.docs == before.docs and after.qa != before.qa
+
+    result = watch(str(project))
+    assert result["changed"] and result["flow"] == "retrain"
+    retrain = result["result"]
+    assert retrain["stages"] == [*FOUNDATION, "probe", REFRESH_GATE]
+    assert retrain["ran"] == list(FOUNDATION)  # dedup's metrics did not move: probe, gate skip
+    records = [
+        json.loads(line)["id"]
+        for split in ("train", "dev", "test")
+        for line in (root / f"data/dedup/qa/{split}.jsonl").read_text().splitlines()
+    ]
+    assert "q-comet" in records
+    assert watch(str(project))["changed"] is False
+
+
+def test_choose_flow_by_the_part_that_changed() -> None:
+    last = SourceFingerprint(docs="d1", qa="q1")
+    docs_changed, qa_changed = SourceFingerprint("d2", "q1"), SourceFingerprint("d1", "q2")
+    assert choose_flow(last, last, champion=True)[0] is None
+    assert choose_flow(docs_changed, last, champion=True)[0] == "refresh"
+    assert choose_flow(qa_changed, last, champion=True)[0] == "retrain"
+    assert choose_flow(SourceFingerprint("d2", "q2"), last, champion=True)[0] == "retrain"
+    assert choose_flow(docs_changed, last, champion=False)[0] == "retrain"
+    assert choose_flow(docs_changed, None, champion=True)[0] == "retrain"

@@ -103,7 +103,7 @@ def write_tiny_kb(root: Path) -> None:
         for title, text in TOPICS
     ]
     write_jsonl(root / "my_kb" / "docs.jsonl", docs)
-    write_jsonl(root / "my_qa.jsonl", [row for rows in tiny_qa().values() for row in rows])
+    write_jsonl(root / "my_qa/qa.jsonl", [row for rows in tiny_qa().values() for row in rows])
 
 
 def make_e2e_project(root: Path) -> Path:

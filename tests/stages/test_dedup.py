@@ -6,7 +6,7 @@ import json
 import random
 from pathlib import Path
 
-from tasks import dedup, ingest
+from tasks import dedup, ingest, validate
 from tasks.lib.core.config import DedupParams, load_params
 from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
 from tests.support.projects import make_project, write_jsonl
@@ -75,13 +75,14 @@ def test_stage_writes_docs_qa_dropped_and_metrics(tmp_path: Path) -> None:
         },
     ]
     write_jsonl(kb, rows)
-    qa = tmp_path / "my_qa.jsonl"
+    qa = tmp_path / "my_qa/qa.jsonl"
     write_jsonl(
         qa,
         [json.loads(line) for line in qa.read_text(encoding="utf-8").splitlines()]
         + [{"id": "qz", "question": "?", "answers": ["x"], "doc_ids": ["zz-copy"], "group": "gz"}],
     )
     ingest.main(params_file)
+    validate.main(params_file)
     dedup.main(params_file)
 
     out, paths = tmp_path / "data/dedup", load_params(params_file).paths
@@ -96,9 +97,11 @@ def test_stage_writes_docs_qa_dropped_and_metrics(tmp_path: Path) -> None:
     assert metrics == {
         "docs_in": 12,
         "docs_out": 10,
+        "quarantined": 0,
         "exact_duplicates": 1,
         "near_duplicates": 1,
         "qa_records_rewritten": 1,
+        "qa_records_dropped": 0,
     }
     records = [r for split in read_qa_splits(paths.retrieval_qa_dir).values() for r in split]
     assert {r.id: r.doc_ids for r in records}["qz"] == [rows[1]["id"]]
@@ -123,3 +126,54 @@ def test_every_copy_above_threshold_is_found() -> None:
     dropped = {d.id for d in dedup.find_duplicates(originals + copies, PARAMS)}
     assert 25 <= len(above) < len(copies)  # both sides of the threshold are exercised
     assert dropped == above
+
+
+def quarantine_project(root: Path, **overrides: object) -> Path:
+    """The tiny project plus a 5-character doc and a question citing only it."""
+    params_file = make_project(root, **overrides)
+    write_jsonl(
+        root / "my_kb/stub.jsonl", [{"id": "stub", "title": "Stub", "text": "Stub.", "source": "s"}]
+    )
+    qa = {
+        "id": "q-stub",
+        "question": "Stub?",
+        "answers": ["Stub"],
+        "doc_ids": ["stub"],
+        "group": "gs",
+    }
+    write_jsonl(root / "my_qa/stub.jsonl", [qa])
+    return params_file
+
+
+def test_quarantined_doc_is_listed_then_dropped_with_its_question(tmp_path: Path) -> None:
+    params_file = quarantine_project(tmp_path, validate__max_quarantined_share=0.1)  # 1 of 10
+    ingest.main(params_file)
+    validate.main(params_file)
+    dedup.main(params_file)
+
+    paths = load_params(params_file).paths
+    listed = [json.loads(line) for line in paths.validate_quarantine.read_text().splitlines()]
+    assert listed == [
+        {
+            "id": "stub",
+            "expectation": "doc_min_chars",
+            "column": "text",
+            "value": "Stub.",
+            "rule": {"min_value": 20},
+        }
+    ]
+    summary = json.loads(paths.validate_summary.read_text())
+    assert summary["success"] and summary["quarantined"] == 1
+    assert summary["quarantined_by_expectation"] == {"doc_min_chars": 1}
+    dropped = [
+        json.loads(line) for line in (paths.dedup_dir / "dropped.jsonl").read_text().splitlines()
+    ]
+    assert [(d["id"], d["reason"], d["kept_id"]) for d in dropped] == [
+        ("stub", "quarantined:doc_min_chars", None)
+    ]
+    assert "stub" not in {d.id for d in read_docs(paths.retrieval_docs)}
+    records = [r for split in read_qa_splits(paths.retrieval_qa_dir).values() for r in split]
+    assert "q-stub" not in {r.id for r in records} and len(records) == 7
+    metrics = json.loads((paths.dedup_dir / "metrics.json").read_text())
+    assert (metrics["docs_in"], metrics["docs_out"], metrics["quarantined"]) == (10, 9, 1)
+    assert metrics["qa_records_dropped"] == 1

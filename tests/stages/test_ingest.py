@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
-from tasks import ingest
-from tasks.lib.core.config import SplitParams
+import pytest
+
+from tasks import dedup, ingest, validate
+from tasks.lib.core.config import SplitParams, load_params
 from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
 from tasks.lib.kb import sources
-from tests.support.projects import make_project
+from tests.support.projects import make_project, write_jsonl
 
 
 def test_packaged_default_builds_kb_and_leak_free_splits(tmp_path: Path) -> None:
@@ -139,3 +142,35 @@ def test_updates_folder_adds_edits_and_deletes_packaged_docs(tmp_path: Path) -> 
     records = [r for split in read_qa_splits(tmp_path / "data/qa").values() for r in split]
     assert all(gone not in r.doc_ids for r in records)
     assert len(records) == len(cited) - sum(r.doc_ids == [gone] for r in cited)
+
+
+@pytest.mark.parametrize("qa_folder", ["empty", "absent"])
+def test_no_qa_set_writes_empty_splits_that_validate_and_dedup_pass(
+    qa_folder: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params_file = make_project(tmp_path)
+    shutil.rmtree(tmp_path / "my_qa")
+    if qa_folder == "empty":
+        (tmp_path / "my_qa").mkdir()
+    ingest.main(params_file)
+    assert "the pipeline will evaluate on generated questions" in capsys.readouterr().out
+    assert all(
+        (tmp_path / f"data/qa/{split}.jsonl").read_text(encoding="utf-8") == ""
+        for split in ("train", "dev", "test")
+    )
+    validate.main(params_file)
+    dedup.main(params_file)
+    summary = json.loads((tmp_path / "data/validate/summary.json").read_text())
+    assert summary["success"] and summary["rows"]["qa"] == 0
+    paths = load_params(params_file).paths
+    assert len(read_docs(paths.retrieval_docs)) == 9
+    assert read_qa_splits(paths.retrieval_qa_dir) == {"train": [], "dev": [], "test": []}
+
+
+def test_qa_folder_reads_every_file_in_sorted_order(tmp_path: Path) -> None:
+    params_file = make_project(tmp_path)
+    extra = {"id": "q-extra", "question": "?", "answers": ["a"], "doc_ids": ["j1"], "group": "gx"}
+    write_jsonl(tmp_path / "my_qa/more/extra.jsonl", [extra])
+    ingest.main(params_file)
+    records = [r for split in read_qa_splits(tmp_path / "data/qa").values() for r in split]
+    assert len(records) == 8 and "q-extra" in {r.id for r in records}

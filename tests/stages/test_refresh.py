@@ -22,7 +22,15 @@ import pytest
 import yaml
 
 from flows.retrain import pipeline_stages
-from tasks import dedup, ingest, kb_changes, refresh_bundle, refresh_index, refresh_questions
+from tasks import (
+    dedup,
+    ingest,
+    kb_changes,
+    refresh_bundle,
+    refresh_index,
+    refresh_questions,
+    validate,
+)
 from tasks.lib.core.config import load_params
 from tasks.lib.core.io import write_json
 from tasks.lib.core.records import read_docs
@@ -104,13 +112,14 @@ def tiny_project(root: Path, generator: Path) -> Path:
         for title, text in TOPICS
     ]
     write_jsonl(root / "my_kb" / "docs.jsonl", docs)
-    write_jsonl(root / "my_qa.jsonl", [row for rows in tiny_qa().values() for row in rows])
+    write_jsonl(root / "my_qa/qa.jsonl", [row for rows in tiny_qa().values() for row in rows])
     params_file = make_tracked_project_on_kb(
         root,
         paths__generator_base_dir=str(generator),
         **SHRUNK,
     )
     ingest.main(params_file)
+    validate.main(params_file)
     dedup.main(params_file)
     return params_file
 
@@ -207,6 +216,7 @@ def refreshed(champion_project: Path) -> Path:
     (updates / "deleted.txt").write_text(f"# retired\n{DELETED}\n", encoding="utf-8")
     own_store()
     ingest.main(champion_project)
+    validate.main(champion_project)
     dedup.main(champion_project)
     run_refresh_stages(champion_project)
     return champion_project

@@ -81,13 +81,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The retrieval fixtures' KB and questions as a KB folder, the encoder above, one epoch."""
     root = tmp_path_factory.mktemp("training_sets_dvc")
     write_jsonl(root / "my_kb/docs.jsonl", tiny_docs())
-    write_jsonl(root / "my_qa.jsonl", [row for rows in tiny_qa().values() for row in rows])
+    write_jsonl(root / "my_qa/qa.jsonl", [row for rows in tiny_qa().values() for row in rows])
     params_file = make_project(
         root,
         source="packaged",  # writes no KB of its own: ingest reads the one written above
         ingest__source="folder",
         ingest__kb_folder="my_kb",
-        ingest__qa_file="my_qa.jsonl",
+        ingest__qa_folder="my_qa",
         index__encoder=str(make_bag_of_words_encoder(root / "models")),
         finetune_retriever__use_synthetic=False,
         finetune_retriever__epochs=1,

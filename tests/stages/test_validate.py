@@ -136,7 +136,12 @@ def group_in_two_splits(docs: list[Doc], splits: Splits) -> None:
         (empty_title, "docs", "expect_column_values_to_not_match_regex (column title", "'Beta'"),
         (blank_title, "docs", "expect_column_values_to_not_match_regex (column title", "'Beta'"),
         (duplicate_id, "docs", "expect_column_values_to_be_unique (column id", "'Beta'"),
-        (control_chars, "docs", "(column control_char_share, max_value 0.01)", "'Beta'"),
+        (
+            control_chars,
+            "docs",
+            "(column control_char_share, max_value 0.01, mostly 0.95)",
+            "'Beta'",
+        ),
         (blank_question, "qa", "expect_column_values_to_not_match_regex (column question", "'q3'"),
         (no_answers, "qa", "expect_column_values_to_be_between (column n_answers", "'q3'"),
         (blank_answers, "qa", "expect_column_values_to_be_between (column n_answers", "'q3'"),

@@ -100,8 +100,8 @@ def make_project(
     params["tracking"]["enabled"] = tracked
     if source == "folder":
         make_kb_folder(root / "my_kb")
-        write_jsonl(root / "my_qa.jsonl", qa_rows())
-        params["ingest"].update(source="folder", kb_folder="my_kb", qa_file="my_qa.jsonl")
+        write_jsonl(root / "my_qa/qa.jsonl", qa_rows())
+        params["ingest"].update(source="folder", kb_folder="my_kb", qa_folder="my_qa")
     for dotted, value in overrides.items():
         section, key = dotted.split("__")
         params[section][key] = value
@@ -112,7 +112,7 @@ def make_project(
 
 
 def make_tracked_project_on_kb(root: Path, **overrides: Any) -> Path:
-    """A tracked project reading the KB and QA the caller wrote to `my_kb/` and `my_qa.jsonl`
+    """A tracked project reading the KB and QA the caller wrote to `my_kb/` and `my_qa/qa.jsonl`
     (`source="packaged"` only keeps make_project from writing a KB of its own)."""
     return make_project(
         root,
@@ -120,7 +120,7 @@ def make_tracked_project_on_kb(root: Path, **overrides: Any) -> Path:
         tracked=True,
         ingest__source="folder",
         ingest__kb_folder="my_kb",
-        ingest__qa_file="my_qa.jsonl",
+        ingest__qa_folder="my_qa",
         **overrides,
     )
 

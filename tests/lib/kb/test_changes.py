@@ -89,7 +89,7 @@ def kb_project(tmp_path: Path) -> Path:
         "doc_ids": ["volcano", "glacier"],
         "group": "g_two",
     }
-    write_jsonl(tmp_path / "my_qa.jsonl", [*qa_rows(), two_docs])
+    write_jsonl(tmp_path / "my_qa/qa.jsonl", [*qa_rows(), two_docs])
     return params_file
 
 
