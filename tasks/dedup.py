@@ -107,17 +107,23 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     docs = read_docs(params.paths.kb_docs)
     qa_splits = read_qa_splits(params.paths.qa_dir)
     out_dir = params.paths.dedup_dir
+    qa_dir = params.paths.dedup_qa_dir.relative_to(out_dir)
 
     with stage_run("dedup", params) as run:
-        metrics = deduplicate(docs, qa_splits, params.dedup, out_dir)
+        metrics = deduplicate(docs, qa_splits, params.dedup, out_dir, qa_dir)
         run.log_metrics(metrics)
         run.log_artifact(out_dir / "dropped.jsonl")
 
 
 def deduplicate(
-    docs: list[Doc], qa_splits: dict[str, list[QARecord]], params: DedupParams, out_dir: Path
+    docs: list[Doc],
+    qa_splits: dict[str, list[QARecord]],
+    params: DedupParams,
+    out_dir: Path,
+    qa_dir: Path,
 ) -> dict[str, int]:
-    """Write the kept docs, remapped QA, the drop report and metrics; return the metrics."""
+    """Write the kept docs, the remapped QA (in `qa_dir`, relative to `out_dir`), the drop
+    report and metrics; return the metrics."""
     dropped = find_duplicates(docs, params)
     kept_id = {d.id: d.kept_id for d in dropped}
     kept_docs = [doc for doc in docs if doc.id not in kept_id]
@@ -133,7 +139,7 @@ def deduplicate(
     with atomic_path(out_dir) as out:
         write_jsonl(out / "docs.jsonl", kept_docs)
         for split, (records, _) in remapped.items():
-            write_jsonl(out / "qa" / f"{split}.jsonl", records)
+            write_jsonl(out / qa_dir / f"{split}.jsonl", records)
         write_jsonl(out / "dropped.jsonl", [asdict(d) for d in dropped])
         write_json(out / "metrics.json", metrics)
 

@@ -32,6 +32,9 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     rows = []
     recalls: dict[str, float] = {}
     for name, records in question_sets(params).items():
+        if not records:  # e.g. the KB dev / held-out sets when they are the QA dev / test splits
+            print(f"retrieve_contexts: {name:12s}    0 questions, skipped")
+            continue
         hits = retriever.search([r.question for r in records], k=settings.k, mode=settings.mode)
         found = dict.fromkeys(sorted({1, params.generator.top_k, settings.k}), 0)
         for record, ranked in zip(records, hits, strict=True):

@@ -100,7 +100,7 @@ def test_stage_writes_docs_qa_dropped_and_metrics(tmp_path: Path) -> None:
         "near_duplicates": 1,
         "qa_records_rewritten": 1,
     }
-    records = [r for split in read_qa_splits(paths.retrieval_qa_dir).values() for r in split]
+    records = [r for split in read_qa_splits(paths.dedup_qa_dir).values() for r in split]
     assert {r.id: r.doc_ids for r in records}["qz"] == [rows[1]["id"]]
 
 
