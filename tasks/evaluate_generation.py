@@ -209,7 +209,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         "real_test": paths.retrieval_qa_dir / "test.jsonl",
         "kb_heldout": paths.kb_questions_dir / "heldout.jsonl",
     }
-    question_sets = {name: read_qa(path) for name, path in question_files.items()}
+    question_sets = {name: read_qa(path, allow_empty=True) for name, path in question_files.items()}
     eval_sets = {  # an empty set (kb_heldout when it is the test split) is skipped
         name: generation_items(records, generator_task, contexts, docs, generator.top_k)
         for name, records in question_sets.items()

@@ -41,16 +41,16 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     contexts = read_contexts(paths.retrieved_contexts)
 
     def real(split: str, answerable_only: bool) -> list[QARecord]:
-        records = read_qa(paths.retrieval_qa_dir / f"{split}.jsonl")
+        records = read_qa(paths.retrieval_qa_dir / f"{split}.jsonl", allow_empty=True)
         return [r for r in records if r.answerable or not answerable_only]
 
     def items(records: list[QARecord], gold_passage: str) -> list[GenerationItem]:
         return generation_items(records, generator_task, contexts, docs, top_k, gold_passage)
 
     train = items(real("train", tune.real_answerable_only), tune.gold_passage)
-    train += items(read_qa(kb_dir / "train.jsonl"), tune.gold_passage)
+    train += items(read_qa(kb_dir / "train.jsonl", allow_empty=True), tune.gold_passage)
     dev = items(real("dev", answerable_only=True), "retrieved")
-    dev += items(read_qa(kb_dir / "dev.jsonl"), "retrieved")
+    dev += items(read_qa(kb_dir / "dev.jsonl", allow_empty=True), "retrieved")
     if not train or not dev:
         raise InputError(
             f"generator_training_set: {len(train)} train and {len(dev)} dev examples; training "

@@ -21,8 +21,8 @@ from tasks.lib.retrieval.retriever import Retriever
 def question_sets(params: Params) -> dict[str, list[QARecord]]:
     qa_dir = params.paths.retrieval_qa_dir
     kb_dir = params.paths.kb_questions_dir
-    sets = {f"real/{s}": read_qa(qa_dir / f"{s}.jsonl") for s in SPLITS}
-    return sets | {f"kb/{s}": read_qa(kb_dir / f"{s}.jsonl") for s in KB_SPLITS}
+    sets = {f"real/{s}": read_qa(qa_dir / f"{s}.jsonl", allow_empty=True) for s in SPLITS}
+    return sets | {f"kb/{s}": read_qa(kb_dir / f"{s}.jsonl", allow_empty=True) for s in KB_SPLITS}
 
 
 def main(params_file: Path = Path("params.yaml")) -> None:

@@ -57,8 +57,11 @@ def jsonl_records(path: Path, model: type[Record]) -> Iterator[tuple[int, Record
         yield number, parse_record(obj, model, f"{path}:{number}")
 
 
-def read_jsonl(path: Path, model: type[Record]) -> list[Record]:
-    """Parse a JSON Lines file into `model` records with unique ids; blank lines are skipped."""
+def read_jsonl(path: Path, model: type[Record], allow_empty: bool = False) -> list[Record]:
+    """Parse a JSON Lines file into `model` records with unique ids; blank lines are skipped.
+
+    A file with no record is an error unless `allow_empty` (a stage's output that may be empty).
+    """
     records = []
     first_line: dict[str, int] = {}
     for number, record in jsonl_records(path, model):
@@ -70,7 +73,7 @@ def read_jsonl(path: Path, model: type[Record]) -> list[Record]:
             )
         first_line[record_id] = number
         records.append(record)
-    if not records:
+    if not records and not allow_empty:
         raise InputError(f"{path}: no records (the file is empty)")
     return records
 

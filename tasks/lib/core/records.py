@@ -46,19 +46,20 @@ def read_docs(path: Path) -> list[Doc]:
     return read_jsonl(path, Doc)
 
 
-def read_qa(path: Path) -> list[QARecord]:
-    return read_jsonl(path, QARecord)
+def read_qa(path: Path, allow_empty: bool = False) -> list[QARecord]:
+    return read_jsonl(path, QARecord, allow_empty)
 
 
 def read_qa_splits(qa_dir: Path) -> dict[str, list[QARecord]]:
-    return {split: read_qa(qa_dir / f"{split}.jsonl") for split in SPLITS}
+    """ingest's splits; all are empty when the KB came without a QA set."""
+    return {split: read_qa(qa_dir / f"{split}.jsonl", allow_empty=True) for split in SPLITS}
 
 
 def write_qa_sources(qa_dir: Path, kinds: dict[str, QuestionKind]) -> None:
     """`source.json` beside the splits: each split's kind and size (its records, counted)."""
     write_json(
         qa_dir / QA_SOURCES_FILE,
-        {s: {"kind": kinds[s], "size": len(read_qa(qa_dir / f"{s}.jsonl"))} for s in SPLITS},
+        {s: {"kind": kinds[s], "size": len(split)} for s, split in read_qa_splits(qa_dir).items()},
     )
 
 
@@ -68,7 +69,7 @@ def qa_sources(qa_dir: Path) -> dict[str, dict[str, str | int]]:
     path = qa_dir / QA_SOURCES_FILE
     if path.is_file():
         return json.loads(read_text(path))
-    return {s: {"kind": "real", "size": len(read_qa(qa_dir / f"{s}.jsonl"))} for s in SPLITS}
+    return {s: {"kind": "real", "size": len(split)} for s, split in read_qa_splits(qa_dir).items()}
 
 
 def qa_split_label(qa_dir: Path, split: str) -> str:
