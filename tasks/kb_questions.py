@@ -150,15 +150,8 @@ def qa_splits_for(
         return None, kb, dict.fromkeys(SPLITS, "real")
     kind: QuestionKind = "generated" if source == "generated" else "description"
     qa = {"train": [], "dev": kb["dev"], "test": kb["heldout"]}
-    return (
-        qa,
-        {"train": kb["train"], "dev": [], "heldout": []},
-        {
-            "train": "real",
-            "dev": kind,
-            "test": kind,
-        },
-    )
+    kinds: dict[str, QuestionKind] = {"train": "real", "dev": kind, "test": kind}
+    return qa, {"train": kb["train"], "dev": [], "heldout": []}, kinds
 
 
 def write_outputs(
@@ -208,7 +201,8 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     }
     write_outputs(params.paths, qa, kb_written, kinds, rejected, metrics)
     with stage_run("kb_questions", params) as run:
-        run.log_metrics({f"{name}_questions": len(records) for name, records in kb.items()})
+        counts = {f"{name}_questions": len(records) for name, records in kb.items()}
+        run.log_metrics(counts | {k: v for k, v in metrics.items() if isinstance(v, int | float)})
     print(f"kb_questions: {source} questions; QA splits {kinds} -> {params.paths.retrieval_qa_dir}")
     if source == "generated":
         print(
