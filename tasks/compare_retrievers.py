@@ -26,7 +26,7 @@ from typing import Any
 
 from tasks.lib.core.config import CompareRetrieversParams, load_params
 from tasks.lib.core.io import atomic_path, read_text, run_stage, write_json
-from tasks.lib.core.records import QARecord, read_qa
+from tasks.lib.core.records import QARecord, qa_sets_line, read_qa
 from tasks.lib.core.report import interval_cell, markdown_table
 from tasks.lib.core.stats import bootstrap_interval
 from tasks.lib.core.tracking import stage_run
@@ -158,7 +158,8 @@ def main(params_file: Path = Path("params.yaml"), tuned_index: Path | None = Non
         }
         for name, result in results.items()
     }
-    tables = [markdown(n, r, compare.metrics, compare.confidence) for n, r in results.items()]
+    tables = [qa_sets_line(paths.retrieval_qa_dir, [compare.split]) + "\n"]
+    tables += [markdown(n, r, compare.metrics, compare.confidence) for n, r in results.items()]
     with atomic_path(paths.retriever_comparison_dir) as out:
         out.mkdir(parents=True)
         write_json(out / "metrics.json", metrics)

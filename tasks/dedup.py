@@ -120,9 +120,10 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     qa_splits = read_qa_splits(params.paths.qa_dir)
     quarantine = read_quarantine(params.paths.validate_quarantine)
     out_dir = params.paths.dedup_dir
+    qa_dir = params.paths.dedup_qa_dir.relative_to(out_dir)
 
     with stage_run("dedup", params) as run:
-        metrics = deduplicate(docs, qa_splits, quarantine, params.dedup, out_dir)
+        metrics = deduplicate(docs, qa_splits, quarantine, params.dedup, out_dir, qa_dir)
         run.log_metrics(metrics)
         run.log_artifact(out_dir / "dropped.jsonl")
 
@@ -148,8 +149,10 @@ def deduplicate(
     quarantine: list[QuarantinedDoc],
     params: DedupParams,
     out_dir: Path,
+    qa_dir: Path,
 ) -> dict[str, int]:
-    """Write the kept docs, remapped QA, the drop report and metrics; return the metrics."""
+    """Write the kept docs, the remapped QA (in `qa_dir`, relative to `out_dir`), the drop
+    report and metrics; return the metrics."""
     valid_docs, valid_splits, quarantined, qa_dropped = drop_quarantined(
         docs, qa_splits, quarantine
     )
@@ -171,7 +174,7 @@ def deduplicate(
     with atomic_path(out_dir) as out:
         write_jsonl(out / "docs.jsonl", kept_docs)
         for split, (records, _) in remapped.items():
-            write_jsonl(out / "qa" / f"{split}.jsonl", records)
+            write_jsonl(out / qa_dir / f"{split}.jsonl", records)
         write_jsonl(out / "dropped.jsonl", [asdict(d) for d in dropped])
         write_json(out / "metrics.json", metrics)
 

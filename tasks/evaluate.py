@@ -46,7 +46,7 @@ from tasks.lib.core.io import (
     write_json,
 )
 from tasks.lib.core.plots import bars_figure
-from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa
+from tasks.lib.core.records import Doc, QARecord, qa_split_label, read_docs, read_qa
 from tasks.lib.core.report import markdown_table
 from tasks.lib.core.skipped import skipped_reason, write_skipped_folder
 from tasks.lib.core.tracking import file_digest, metric_key, run_name, stage_run
@@ -216,12 +216,12 @@ def system_table(systems: Mapping[str, Mapping[str, float]]) -> str:
 
 def report_markdown(
     systems: Mapping[str, Mapping[str, float]],
-    n: int,
-    split: str,
+    split_label: str,
     change: Mapping[str, Mapping[str, float]] | None,
     n_change: int,
 ) -> str:
-    text = f"# evaluate: {n} real {split} questions\n\n{system_table(systems)}\n"
+    """`split_label` says which questions were scored (`qa_split_label`)."""
+    text = f"# evaluate: {split_label}\n\n{system_table(systems)}\n"
     if change is not None:
         body = system_table(change) if change else "(no added or modified docs)"
         text += f"\n## change set: {n_change} questions about added or modified docs\n\n{body}\n"
@@ -320,7 +320,8 @@ def main(
         if change is not None:
             report[CHANGE_SET] = {"n": n_change, **change}
         run.log_metrics(report)
-        markdown = report_markdown(systems, len(records), settings.split, change, n_change)
+        split_label = qa_split_label(paths.retrieval_qa_dir, settings.split)
+        markdown = report_markdown(systems, split_label, change, n_change)
         with atomic_path(out_dir) as tmp:
             write_json(tmp / metrics_file.relative_to(out_dir), report)
             (tmp / scores_file.relative_to(out_dir)).write_text(jsonl_lines(rows), "utf-8")
@@ -333,7 +334,7 @@ def main(
             "rouge_l",
             *map(metric_key, settings.retrieval_metrics),
         ]
-        figure = bars_figure(systems, shown, f"{len(records)} real {settings.split} questions")
+        figure = bars_figure(systems, shown, split_label)
         run.log_figure(figure, "systems.png")
     print(markdown)
 

@@ -1,8 +1,10 @@
 """Generation evaluation: closed-book, base generator + RAG and tuned generator + RAG.
 
-Two evaluation sets, scored separately because their answer styles differ: (a) the real test
-questions (all of them, and the answerable ones: answer in the gold passage), and (b) held-out
-KB description questions whose docs were never used in training. Every system sees the same
+Two evaluation sets, scored separately because their answer styles differ: (a) the test
+questions of `paths.retrieval_qa_dir` (all of them, and the answerable ones: answer in the gold
+passage; generated held-out triples for a KB without a QA set), and (b) held-out KB questions
+whose docs were never used in training (empty, and skipped, when they are already the test
+split). Each question is asked with its own task (`generator_task`). Every system sees the same
 prompt format as training (`tasks.lib.generation.generator`), greedy decoding, the same
 top-k passages.
 `evaluate_generation` is the reusable core (the `evaluate` stage can call it); `main` is the
@@ -21,7 +23,7 @@ from typing import Any
 from tasks.lib.core.answers import answer_in_text
 from tasks.lib.core.config import EvaluateGenerationParams, GeneratorParams, load_params
 from tasks.lib.core.io import atomic_path, jsonl_lines, run_stage, write_json
-from tasks.lib.core.records import read_docs, read_qa
+from tasks.lib.core.records import qa_split_label, read_docs, read_qa
 from tasks.lib.core.report import interval_cell, markdown_table
 from tasks.lib.core.stats import paired_intervals
 from tasks.lib.core.tracking import stage_run
@@ -29,6 +31,7 @@ from tasks.lib.generation.data import generation_items, read_contexts
 from tasks.lib.generation.generator import GenerationItem, generate_answers, item_prompt
 from tasks.lib.generation.loader import load_generator
 from tasks.lib.generation.metrics import METRICS, score_prediction
+from tasks.lib.kb.questions import generator_task
 
 
 @dataclass(frozen=True)
@@ -202,13 +205,20 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     paths, generator = params.paths, params.generator
     docs = {doc.id: doc for doc in read_docs(paths.retrieval_docs)}
     contexts = read_contexts(paths.retrieved_contexts)
-    kb_heldout = read_qa(paths.kb_questions_dir / "heldout.jsonl")
-    eval_sets = {
-        "real_test": generation_items(
-            read_qa(paths.retrieval_qa_dir / "test.jsonl"), "qa", contexts, docs, generator.top_k
-        ),
-        "kb_heldout": generation_items(kb_heldout, "describe", contexts, docs, generator.top_k),
+    question_files = {
+        "real_test": paths.retrieval_qa_dir / "test.jsonl",
+        "kb_heldout": paths.kb_questions_dir / "heldout.jsonl",
     }
+    question_sets = {name: read_qa(path, allow_empty=True) for name, path in question_files.items()}
+    eval_sets = {  # an empty set (kb_heldout when it is the test split) is skipped
+        name: generation_items(records, generator_task, contexts, docs, generator.top_k)
+        for name, records in question_sets.items()
+        if records
+    }
+    sets_line = (
+        f"Question sets: {qa_split_label(paths.retrieval_qa_dir, 'test')}; "
+        f"kb_heldout: held-out KB questions ({len(question_sets['kb_heldout'])})"
+    )
     base = paths.generator_base_dir
     tuned = paths.generator_model
     systems = [
@@ -222,7 +232,9 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         write_json(out / "metrics.json", metrics)
         (out / "predictions.jsonl").write_text(jsonl_lines(rows), encoding="utf-8")
         (out / "samples.md").write_text(
-            samples_markdown(
+            sets_line
+            + "\n\n"
+            + samples_markdown(
                 rows,
                 eval_sets,
                 names,
@@ -234,6 +246,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     with stage_run("evaluate_generation", params) as run:
         run.log_metrics(metrics)
         run.log_artifact(paths.generation_eval_dir / "samples.md")
+    print(sets_line)
     print(metrics_table(metrics, names))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from tasks.lib.core.config import EvaluateRetrievalParams, load_params
 from tasks.lib.core.io import atomic_path, run_stage, write_json
 from tasks.lib.core.plots import curve_figure
-from tasks.lib.core.records import QARecord, read_qa
+from tasks.lib.core.records import QARecord, qa_sets_line, read_qa
 from tasks.lib.core.report import interval_cell, markdown_table
 from tasks.lib.core.stats import bootstrap_interval
 from tasks.lib.core.tracking import run_name, stage_run
@@ -84,7 +84,7 @@ def main(
 
     metrics: dict[str, Any] = {}
     report: dict[str, Any] = {"fusion": {"equal": vars(equal), "tuned": vars(tuned)}}
-    tables, curves = [], {}
+    tables, curves = [qa_sets_line(params.paths.retrieval_qa_dir, evaluation.splits) + "\n"], {}
     for split in evaluation.splits:
         records = read_qa(params.paths.retrieval_qa_dir / f"{split}.jsonl")
         rankings = system_rankings(retriever, [r.question for r in records], depth, equal, tuned)

@@ -1,8 +1,9 @@
 """Stage `generator_training_set`: everything `finetune_generator` learns from, as text.
 
 Training mix: the real answerable train questions (all of them with
-`finetune_generator.real_answerable_only` false) plus the synthetic "What is <title>?" ->
-description questions from KB docs (stage `kb_questions`), each with the title and text of its
+`finetune_generator.real_answerable_only` false) plus the KB's own questions (stage
+`kb_questions`: "What is <title>?" -> description, task `describe`, or generated short-answer
+triples, task `qa`: `generator_task` reads it off the record), each with the title and text of its
 top-k retrieved passages; with `gold_passage: insert`, a gold doc the retriever missed takes the
 last slot. Dev mirrors evaluation (passages as retrieved, never a planted gold doc) and keeps to
 answers a model could read off its passages: the loss on unguessable numbers is noise.
@@ -29,6 +30,7 @@ from tasks.lib.generation.data import (
     write_items,
 )
 from tasks.lib.generation.generator import GenerationItem
+from tasks.lib.kb.questions import generator_task
 
 
 def main(params_file: Path = Path("params.yaml")) -> None:
@@ -39,16 +41,16 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     contexts = read_contexts(paths.retrieved_contexts)
 
     def real(split: str, answerable_only: bool) -> list[QARecord]:
-        records = read_qa(paths.retrieval_qa_dir / f"{split}.jsonl")
+        records = read_qa(paths.retrieval_qa_dir / f"{split}.jsonl", allow_empty=True)
         return [r for r in records if r.answerable or not answerable_only]
 
-    def items(records: list[QARecord], task: str, gold_passage: str) -> list[GenerationItem]:
-        return generation_items(records, task, contexts, docs, top_k, gold_passage)
+    def items(records: list[QARecord], gold_passage: str) -> list[GenerationItem]:
+        return generation_items(records, generator_task, contexts, docs, top_k, gold_passage)
 
-    train = items(real("train", tune.real_answerable_only), "qa", tune.gold_passage)
-    train += items(read_qa(kb_dir / "train.jsonl"), "describe", tune.gold_passage)
-    dev = items(real("dev", answerable_only=True), "qa", "retrieved")
-    dev += items(read_qa(kb_dir / "dev.jsonl"), "describe", "retrieved")
+    train = items(real("train", tune.real_answerable_only), tune.gold_passage)
+    train += items(read_qa(kb_dir / "train.jsonl", allow_empty=True), tune.gold_passage)
+    dev = items(real("dev", answerable_only=True), "retrieved")
+    dev += items(read_qa(kb_dir / "dev.jsonl", allow_empty=True), "retrieved")
     if not train or not dev:
         raise InputError(
             f"generator_training_set: {len(train)} train and {len(dev)} dev examples; training "

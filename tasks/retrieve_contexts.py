@@ -21,8 +21,8 @@ from tasks.lib.retrieval.retriever import Retriever
 def question_sets(params: Params) -> dict[str, list[QARecord]]:
     qa_dir = params.paths.retrieval_qa_dir
     kb_dir = params.paths.kb_questions_dir
-    sets = {f"real/{s}": read_qa(qa_dir / f"{s}.jsonl") for s in SPLITS}
-    return sets | {f"kb/{s}": read_qa(kb_dir / f"{s}.jsonl") for s in KB_SPLITS}
+    sets = {f"real/{s}": read_qa(qa_dir / f"{s}.jsonl", allow_empty=True) for s in SPLITS}
+    return sets | {f"kb/{s}": read_qa(kb_dir / f"{s}.jsonl", allow_empty=True) for s in KB_SPLITS}
 
 
 def main(params_file: Path = Path("params.yaml")) -> None:
@@ -32,6 +32,9 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     rows = []
     recalls: dict[str, float] = {}
     for name, records in question_sets(params).items():
+        if not records:  # e.g. the KB dev / held-out sets when they are the QA dev / test splits
+            print(f"retrieve_contexts: {name:12s}    0 questions, skipped")
+            continue
         hits = retriever.search([r.question for r in records], k=settings.k, mode=settings.mode)
         found = dict.fromkeys(sorted({1, params.generator.top_k, settings.k}), 0)
         for record, ranked in zip(records, hits, strict=True):

@@ -222,7 +222,9 @@ def test_first_run_runs_every_stage_registers_challengers_and_gates(
     assert decision["against"] == "baselines"  # no champion before the first run
     assert decision["rule"] == "model"
     # Paired with a baseline question by question, on every test question.
-    n_test = len((root / "data/dedup/qa/test.jsonl").read_text(encoding="utf-8").splitlines())
+    n_test = len(
+        (root / "data/kb_questions/qa/test.jsonl").read_text(encoding="utf-8").splitlines()
+    )
     assert decision["questions"] == {"test": n_test}
     (primary,) = [c for c in decision["checks"] if c["role"] == "primary"]
     assert primary["reference_name"] in gate.baselines and primary["n"] == n_test

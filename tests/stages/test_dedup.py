@@ -103,7 +103,7 @@ def test_stage_writes_docs_qa_dropped_and_metrics(tmp_path: Path) -> None:
         "qa_records_rewritten": 1,
         "qa_records_dropped": 0,
     }
-    records = [r for split in read_qa_splits(paths.retrieval_qa_dir).values() for r in split]
+    records = [r for split in read_qa_splits(paths.dedup_qa_dir).values() for r in split]
     assert {r.id: r.doc_ids for r in records}["qz"] == [rows[1]["id"]]
 
 
@@ -172,7 +172,7 @@ def test_quarantined_doc_is_listed_then_dropped_with_its_question(tmp_path: Path
         ("stub", "quarantined:doc_min_chars", None)
     ]
     assert "stub" not in {d.id for d in read_docs(paths.retrieval_docs)}
-    records = [r for split in read_qa_splits(paths.retrieval_qa_dir).values() for r in split]
+    records = [r for split in read_qa_splits(paths.dedup_qa_dir).values() for r in split]
     assert "q-stub" not in {r.id for r in records} and len(records) == 7
     metrics = json.loads((paths.dedup_dir / "metrics.json").read_text())
     assert (metrics["docs_in"], metrics["docs_out"], metrics["quarantined"]) == (10, 9, 1)

@@ -191,6 +191,7 @@ def test_stage_writes_per_question_scores_of_every_system_and_the_change_set(
     assert len(scores[("change_set", "tuned_rag")].ids) == n_dev
 
     report = (out / "report.md").read_text(encoding="utf-8")
+    assert report.startswith(f"# evaluate: test: real questions ({len(tiny_qa()['test'])})\n")
     assert f"change set: {n_dev} questions" in report
 
     # A doc-to-query question has no reference answer: the change set's scores keep the

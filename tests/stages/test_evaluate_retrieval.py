@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks import evaluate_retrieval, index, tune_retrieval
+from tasks import evaluate_retrieval, index, retrieve_contexts, tune_retrieval
 from tasks.lib.core.config import TuneRetrievalParams
-from tasks.lib.core.records import QARecord
+from tasks.lib.core.io import write_jsonl
+from tasks.lib.core.records import QARecord, read_qa_splits
 from tasks.lib.core.stats import bootstrap_interval
 from tasks.lib.retrieval import metrics as retrieval_metrics
 from tasks.lib.retrieval.metrics import score_rankings
@@ -146,6 +148,8 @@ def test_index_tune_evaluate_and_search_on_a_tiny_project(tmp_path: Path, capsys
     evaluate_retrieval.main(params_file)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(metrics) == {"dev", "test"}
+    report = (tmp_path / "eval" / "report.md").read_text(encoding="utf-8")
+    assert report.startswith("Question sets: dev: real questions (5); test: real questions (5)\n")
     for systems in metrics.values():
         assert set(systems) == set(evaluate_retrieval.SYSTEMS)
         for values in systems.values():
@@ -157,6 +161,24 @@ def test_index_tune_evaluate_and_search_on_a_tiny_project(tmp_path: Path, capsys
         recall = [float(row[system]) for row in curve]
         assert recall == sorted(recall)
         assert recall[-1] == pytest.approx(metrics["test"][system]["recall@5"], abs=1e-4)
+
+    # The generator's contexts, when the KB dev and held-out sets are empty (they are the QA
+    # dev and test splits of a KB without a QA set) and so is the train split: skipped.
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["paths"] |= {"kb_questions_dir": "kbq", "index_tuned_dir": "index",
+                        "tune_retrieval_tuned_dir": "tune", "fusion_tuned": "tune/fusion.json",
+                        "retrieved_contexts": "contexts.jsonl"}  # fmt: skip
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    write_jsonl(tmp_path / "qa" / "train.jsonl", [])
+    kb_train = read_qa_splits(tmp_path / "qa")["dev"][:2]
+    kb_train = [r.model_copy(update={"id": f"gen:{r.doc_ids[0]}"}) for r in kb_train]
+    write_jsonl(tmp_path / "kbq" / "train.jsonl", kb_train)
+    for name in ("dev", "heldout"):
+        write_jsonl(tmp_path / "kbq" / f"{name}.jsonl", [])
+    retrieve_contexts.main(params_file)
+    rows = [json.loads(line) for line in (tmp_path / "contexts.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 + 5 + 2 and all(len(row["doc_ids"]) == 10 for row in rows)
+    assert "kb/heldout      0 questions, skipped" in capsys.readouterr().out
 
     result = CliRunner().invoke(
         app,

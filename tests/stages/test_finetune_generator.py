@@ -19,6 +19,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from tasks import evaluate_generation as evaluate_generation_stage
 from tasks import finetune_generator, generator_training_set
 from tasks.evaluate_generation import GeneratorSystem, evaluate_generation
 from tasks.finetune_generator import finetune
@@ -152,6 +153,11 @@ def test_kb_questions_splits_are_disjoint_and_skip_real_gold_docs() -> None:
     docs = [doc(f"d{i}", "small blue measuring device") for i in range(12)]
     docs += [doc("short", "Thing"), doc("stub", "Wikimedia list article")]
     params = KbQuestionsParams(
+        source="description",
+        generated_docs=10,
+        max_answer_words=6,
+        round_trip_mode="bm25",
+        round_trip_k=10,
         question_template="What is {title}?",
         min_words=2,
         max_words=10,
@@ -308,3 +314,46 @@ def test_the_training_set_holds_every_example_and_training_reads_it_alone(
     report = json.loads((tmp_path / "tuned/train_metrics.json").read_text(encoding="utf-8"))
     assert report["train_examples_by_task"] == {"qa": 2, "describe": 1}
     assert report["dev_examples"] == 2 and report["steps"] == 2
+
+
+def test_without_real_qa_generated_triples_train_and_evaluate_as_short_answers(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """A KB with no QA set: no real train questions, the generated dev / held-out triples are
+    the QA dev / test splits, and the KB's own dev and held-out sets are empty."""
+    params_file = make_generator_project(tmp_path, tiny_dir)
+    triple = {"answers": ["thing"], "answerable": True}
+    gen = {d: qa(f"gen:{d}", d, True).model_copy(update=triple) for d in ("river", "widget")}
+    for folder, split, records in [
+        ("qa", "train", []),
+        ("qa", "dev", [gen["widget"]]),
+        ("qa", "test", [gen["widget"]]),
+        ("kb_questions", "train", [gen["river"]]),
+        ("kb_questions", "dev", []),
+        ("kb_questions", "heldout", []),
+    ]:
+        write_jsonl(tmp_path / folder / f"{split}.jsonl", records)
+    contexts = [
+        {"id": "gen:river", "doc_ids": ["river"]},
+        {"id": "gen:widget", "doc_ids": ["widget"]},
+    ]
+    write_jsonl(tmp_path / "contexts.jsonl", contexts)
+
+    generator_training_set.main(params_file)
+    folder = tmp_path / "generator_set"
+    train, dev = read_items(folder / "train.jsonl"), read_items(folder / "dev.jsonl")
+    assert [(i.id, i.task) for i in train] == [("gen:river", "qa")]
+    assert [(i.id, i.task) for i in dev] == [("gen:widget", "qa")]
+
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["paths"] |= {"generator_dir": str(tiny_dir.parent), "generator_model": str(tiny_dir),
+                        "generation_eval_dir": "eval",
+                        "generation_metrics": "eval/metrics.json",
+                        "generation_predictions": "eval/predictions.jsonl"}  # fmt: skip
+    params["evaluate_generation"] |= {"bootstrap_resamples": 100, "samples": 1}
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    evaluate_generation_stage.main(params_file)
+    metrics = json.loads((tmp_path / "eval/metrics.json").read_text(encoding="utf-8"))
+    assert list(metrics) == ["real_test"] and metrics["real_test"]["n"] == 1  # no kb_heldout
+    samples = (tmp_path / "eval/samples.md").read_text(encoding="utf-8")
+    assert samples.startswith("Question sets: test: real questions (1); kb_heldout: held-out")

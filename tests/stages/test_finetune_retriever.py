@@ -205,6 +205,20 @@ def test_training_set_holds_pairs_negatives_and_dev_data_as_text(
     assert training_set.read_bytes() == first
 
 
+def test_an_empty_train_split_leaves_the_synthetic_pairs(project: Path) -> None:
+    """A KB without a QA set: no real pair (use_real still true), the synthetic ones alone."""
+    train = project.parent / "qa/train.jsonl"
+    kept = train.read_bytes()
+    train.write_text("", encoding="utf-8")
+    try:
+        params = load_params(project)
+        built, _ = retriever_training_set.build(params, params.finetune_retriever)
+    finally:
+        train.write_bytes(kept)
+    assert [(p.source, p.query) for p in built.pairs] == [("synthetic", SYNTHETIC[0][0])]
+    assert len(built.dev_queries) == 5
+
+
 def test_a_set_mined_with_another_encoder_is_refused(
     project: Path, training_set: Path, tmp_path: Path
 ) -> None:
@@ -268,6 +282,8 @@ def test_comparison_reports_five_systems_on_whole_and_unseen_subsets(
     compare_retrievers.main(project)
 
     report = json.loads((project.parent / "compare/report.json").read_text(encoding="utf-8"))
+    markdown = (project.parent / "compare/report.md").read_text(encoding="utf-8")
+    assert markdown.startswith("Question sets: dev: real questions (5)\n")
     dev = read_qa(project.parent / "qa/dev.jsonl")
     positives_file = load_params(project).paths.retriever_positives
     positives = set(json.loads(positives_file.read_text(encoding="utf-8")))

@@ -164,7 +164,7 @@ def test_no_qa_set_writes_empty_splits_that_validate_and_dedup_pass(
     assert summary["success"] and summary["rows"]["qa"] == 0
     paths = load_params(params_file).paths
     assert len(read_docs(paths.retrieval_docs)) == 9
-    assert read_qa_splits(paths.retrieval_qa_dir) == {"train": [], "dev": [], "test": []}
+    assert read_qa_splits(paths.dedup_qa_dir) == {"train": [], "dev": [], "test": []}
 
 
 def test_qa_folder_reads_every_file_in_sorted_order(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """DVC retrains the retriever exactly when its training set's bytes change: a real `dvc repro` of
-ingest -> validate -> dedup -> index -> retriever_training_set -> finetune_retriever.
+ingest -> validate -> dedup -> index -> kb_questions (which writes the QA splits) ->
+retriever_training_set -> finetune_retriever.
 
 The encoder makes the premise hold by construction: a bag of words (a 0-layer BERT, so a token's
 vector is its layer-normalised word embedding and a text's the mean) whose KB words share one
@@ -26,8 +27,17 @@ from tasks.lib.core.config import load_params
 from tasks.lib.core.io import write_jsonl
 from tests.support.projects import dvc, init_dvc_project, make_project, ran_stages
 from tests.support.retrieval import QUESTIONS, TOPICS, tiny_docs, tiny_qa
+from tests.support.tiny_generator import make_tiny_generator
 
-STAGES = ("ingest", "validate", "dedup", "index", "retriever_training_set", "finetune_retriever")
+STAGES = (
+    "ingest",
+    "validate",
+    "dedup",
+    "index",
+    "kb_questions",
+    "retriever_training_set",
+    "finetune_retriever",
+)
 ALIEN = {"id": "zorblat", "title": "Zorblat", "text": "Zorblat quuxite flimflam wuggle snarf."}
 HIDDEN = 32
 
@@ -80,8 +90,13 @@ def make_bag_of_words_encoder(folder: Path) -> Path:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The retrieval fixtures' KB and questions as a KB folder, the encoder above, one epoch."""
     root = tmp_path_factory.mktemp("training_sets_dvc")
-    write_jsonl(root / "my_kb/docs.jsonl", tiny_docs())
+    # Descriptions, so kb_questions makes description questions (the generator stays unused).
+    described = [
+        d.model_copy(update={"description": d.text.split(" is ")[-1]}) for d in tiny_docs()
+    ]
+    write_jsonl(root / "my_kb/docs.jsonl", described)
     write_jsonl(root / "my_qa/qa.jsonl", [row for rows in tiny_qa().values() for row in rows])
+    make_tiny_generator(root / "models/generator")
     params_file = make_project(
         root,
         source="packaged",  # writes no KB of its own: ingest reads the one written above
@@ -89,6 +104,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ingest__kb_folder="my_kb",
         ingest__qa_folder="my_qa",
         index__encoder=str(make_bag_of_words_encoder(root / "models")),
+        paths__generator_base_dir="models/generator",  # a kb_questions dep, unused here
+        kb_questions__n_train=4,
+        kb_questions__n_dev=2,
+        kb_questions__n_heldout=4,
+        kb_questions__max_words=20,
         finetune_retriever__use_synthetic=False,
         finetune_retriever__epochs=1,
         finetune_retriever__batch_size=4,

@@ -62,6 +62,7 @@ _INSIDE = {  # PathsParams entry -> the out folder of the stage that writes it
     "fusion_tuned": "tune_retrieval_tuned_dir",
     "validate_summary": "validate_dir",
     "validate_quarantine": "validate_dir",
+    "dedup_qa_dir": "dedup_dir",
     "generation_metrics": "generation_eval_dir",
     "generation_predictions": "generation_eval_dir",
     "retriever_comparison_metrics": "retriever_comparison_dir",
@@ -85,7 +86,8 @@ class PathsParams(Section):
     validate_summary: Path  # validate's summary (in validate_dir): dedup runs after it
     validate_quarantine: Path  # docs validate quarantined, with why (in validate_dir): dedup
     dedup_dir: Path
-    kb_questions_dir: Path  # kb_questions -> {train,dev,heldout}.jsonl
+    dedup_qa_dir: Path  # dedup's remapped QA splits (in dedup_dir): kb_questions reads them
+    kb_questions_dir: Path  # kb_questions -> {train,dev,heldout}.jsonl, rejected, metrics, qa/
     retrieved_contexts: Path  # retrieval side -> {"id", "doc_ids"} per question, best first
     generator_base_dir: Path  # prepare_generator -> transformers folder of the base generator
     generator_training_set: Path  # generator_training_set -> {train,dev}.jsonl: finetune_generator
@@ -95,7 +97,7 @@ class PathsParams(Section):
     generation_metrics: Path  # its systems' scores (in generation_eval_dir): evaluate reads them
     generation_predictions: Path  # their answers per question (in generation_eval_dir): evaluate
     retrieval_docs: Path  # dedup's kept docs (in dedup_dir): the KB every later stage reads
-    retrieval_qa_dir: Path  # dedup's remapped QA splits (in dedup_dir): every later stage's QA
+    retrieval_qa_dir: Path  # kb_questions' QA splits (in kb_questions_dir): every later stage's QA
     embedding_cache: Path  # persistent embedding cache; never a dvc out (it must outlive reruns)
     index_dir: Path  # index -> faiss.index, bm25/, docs.jsonl, manifest.json (base encoder)
     tune_retrieval_dir: Path  # tune_retrieval -> fusion.json (the choice), grid.json
@@ -268,14 +270,20 @@ class PrepareGeneratorParams(Section):
 
 
 class KbQuestionsParams(Section):
-    """How many "What is <title>?" -> description questions to make, and from which docs."""
+    """Questions the KB answers itself: "What is <title>?" -> the doc's description, or a
+    question the base generator wrote and answered from the doc (`generated`)."""
 
+    source: Literal["auto", "description", "generated"]
     question_template: str = Field(pattern=r"\{title\}")
     min_words: int = Field(ge=1)  # description length bounds, in words
     max_words: int = Field(ge=1)
     n_train: int = Field(ge=0)
     n_dev: int = Field(ge=0)
     n_heldout: int = Field(ge=1)
+    generated_docs: int = Field(ge=1)  # docs sampled in generated mode, one triple each
+    max_answer_words: int = Field(ge=1)  # a generated answer is a passage span this short
+    round_trip_mode: RetrievalMode  # the retriever a generated question must find its doc with
+    round_trip_k: int = Field(ge=1)
     seed: int
 
 

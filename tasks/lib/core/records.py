@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, StrictStr
 
-from tasks.lib.core.io import read_jsonl
+from tasks.lib.core.io import read_jsonl, read_text, write_json
 
 SPLITS = ("train", "dev", "test")
 KB_SPLITS = ("train", "dev", "heldout")  # kb_questions, split by doc
+QA_SOURCES_FILE = "source.json"  # in a QA folder: which kind of questions each split holds
+QuestionKind = Literal["real", "generated", "description"]
+_KIND_WORDS = {"real": "real", "generated": "generated", "description": "KB description"}
+_SPLIT_ROLE = {"train": "train", "dev": "dev", "test": "held-out"}
 
 
 class Doc(BaseModel):
@@ -81,3 +86,33 @@ def unlink_docs(records: list[QARecord], gone: Collection[str]) -> tuple[list[QA
         if doc_ids:
             kept.append(record.model_copy(update={"doc_ids": doc_ids}))
     return kept, unlinked, len(records) - len(kept)
+
+
+def write_qa_sources(qa_dir: Path, kinds: dict[str, QuestionKind]) -> None:
+    """`source.json` beside the splits: each split's kind and size (its records, counted)."""
+    write_json(
+        qa_dir / QA_SOURCES_FILE,
+        {s: {"kind": kinds[s], "size": len(split)} for s, split in read_qa_splits(qa_dir).items()},
+    )
+
+
+def qa_sources(qa_dir: Path) -> dict[str, dict[str, str | int]]:
+    """Split -> {"kind", "size"}; a QA folder without `source.json` (one written by hand, as
+    ingest and dedup write theirs) holds real questions."""
+    path = qa_dir / QA_SOURCES_FILE
+    if path.is_file():
+        return json.loads(read_text(path))
+    return {s: {"kind": "real", "size": len(split)} for s, split in read_qa_splits(qa_dir).items()}
+
+
+def qa_split_label(qa_dir: Path, split: str) -> str:
+    """What a QA split holds, for a report: "test: generated held-out questions (150)"."""
+    source = qa_sources(qa_dir)[split]
+    kind = str(source["kind"])
+    role = "" if kind == "real" else f" {_SPLIT_ROLE[split]}"
+    return f"{split}: {_KIND_WORDS[kind]}{role} questions ({source['size']})"
+
+
+def qa_sets_line(qa_dir: Path, splits: list[str] | tuple[str, ...]) -> str:
+    """One report line naming the QA splits an evaluation used, with their kinds and sizes."""
+    return "Question sets: " + "; ".join(qa_split_label(qa_dir, s) for s in splits)

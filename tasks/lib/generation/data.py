@@ -12,7 +12,7 @@ retrains exactly when those bytes change.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
@@ -53,14 +53,15 @@ def with_gold(retrieved: list[str], gold: list[str], top_k: int) -> list[str]:
 
 def generation_items(
     records: Iterable[QARecord],
-    task: str,
+    task: str | Callable[[QARecord], str],
     contexts: dict[str, list[str]],
     docs_by_id: dict[str, Doc],
     top_k: int,
     gold_passage: Literal["retrieved", "insert"] = "retrieved",
 ) -> list[GenerationItem]:
     """One item per record with its top-k passages; a record without contexts is an error, since
-    silently answering it closed-book would flatter or hurt the RAG numbers."""
+    silently answering it closed-book would flatter or hurt the RAG numbers. `task` is the
+    generator task, or the function giving each record's (`tasks.lib.kb.questions`)."""
     items = []
     for record in records:
         if record.id not in contexts:
@@ -74,7 +75,7 @@ def generation_items(
         items.append(
             GenerationItem(
                 id=record.id,
-                task=task,
+                task=task(record) if callable(task) else task,
                 question=record.question,
                 answers=tuple(record.answers),
                 passages=tuple(Passage(docs_by_id[d].title, docs_by_id[d].text) for d in doc_ids),

@@ -1,7 +1,8 @@
 """Questions the KB answers itself: "What is <title>?" -> the doc's human-written description.
 
-`kb_questions` makes its generator training and evaluation sets from them; `refresh_questions`
-asks them about the docs a KB change added or modified.
+`kb_questions` makes its generator training and evaluation sets from them (or, for a KB without
+descriptions, from generated triples: `tasks.lib.kb.generated`); `refresh_questions` asks them
+about the docs a KB change added or modified.
 """
 
 from __future__ import annotations
@@ -9,6 +10,15 @@ from __future__ import annotations
 from tasks.lib.core.answers import answer_in_text
 from tasks.lib.core.config import KbQuestionsParams
 from tasks.lib.core.records import Doc, QARecord
+
+DESCRIPTION_PREFIX = "kb:"  # id prefix of a description question
+GENERATED_PREFIX = "gen:"  # id prefix of a generated (question, answer, passage) triple
+
+
+def generator_task(record: QARecord) -> str:
+    """The generator task (instruction) a question is asked with: a description question wants
+    a short description, every other question (real, generated) a short answer."""
+    return "describe" if record.id.startswith(DESCRIPTION_PREFIX) else "qa"
 
 
 def description_of(doc: Doc) -> str:
@@ -43,10 +53,10 @@ def title_question(doc: Doc, template: str) -> QARecord:
 def description_question(doc: Doc, template: str) -> QARecord:
     description = description_of(doc)
     return QARecord(
-        id=f"kb:{doc.id}",
+        id=f"{DESCRIPTION_PREFIX}{doc.id}",
         question=template.format(title=doc.title),
         answers=[description],
         doc_ids=[doc.id],
-        group=f"kb:{doc.id}",
+        group=f"{DESCRIPTION_PREFIX}{doc.id}",
         answerable=answer_in_text(description, doc.text),
     )

@@ -300,11 +300,15 @@ def system_rankings(
 
 
 def round_trip_ranks(
-    retriever: Retriever, questions: list[str], source_ids: list[str], k: int
+    retriever: Retriever,
+    questions: list[str],
+    source_ids: list[str],
+    k: int,
+    mode: RetrievalMode = "dense",
 ) -> list[int | None]:
-    """1-based rank of each question's source doc in the dense top-k over the whole KB."""
+    """1-based rank of each question's source doc in the top-k over the whole KB (by `mode`)."""
     ranks: list[int | None] = []
-    rankings = retriever.dense(questions, k) if questions else []
+    rankings = retriever.rankings(questions, k, mode) if questions else []
     for ranking, source in zip(rankings, source_ids, strict=True):
         ids = [retriever.docs[row]["id"] for row, _ in ranking]
         ranks.append(ids.index(source) + 1 if source in ids else None)

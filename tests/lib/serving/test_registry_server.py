@@ -187,7 +187,7 @@ def test_register_gate_promote_rollback_round_trip(on_server: MlflowClient, tmp_
 
     # A new test split: the champion's numbers no longer compare; without a re-score, refuse.
     write_round(params_file, "r5", f1=0.90, recall=0.90)
-    test_split = tmp_path / "data/dedup/qa/test.jsonl"
+    test_split = load_params(params_file).paths.retrieval_qa_dir / "test.jsonl"
     test_split.write_text(test_split.read_text().replace('"q1"', '"q2"'), "utf-8")
     register.main(params_file)
     decision = json.loads((tmp_path / "data/register/decision.json").read_text())

@@ -1,0 +1,149 @@
+"""Generated (question, answer, passage) triples: the KB's own questions when its docs carry no
+descriptions (a user's KB).
+
+The local base generator writes a question about a doc (doc-to-query, with the
+`synthesize_queries` prompt settings: `tasks.lib.generation.doc_queries`), then answers it with
+the doc as its one passage, through the generator's own prompt contract (the `qa` instruction).
+A triple is kept when the question is one clean, new question whose doc the round-trip
+retriever finds again, and the answer is a short span of the passage that is neither the title
+nor given away by the question: a small model's answer that it cannot point to in the passage
+is a guess, not a label. `filter_triples` says why it dropped each one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from tasks.lib.core.answers import answer_in_text, normalize_answer
+from tasks.lib.core.config import GeneratorParams, KbQuestionsParams
+from tasks.lib.core.records import KB_SPLITS, Doc, QARecord
+from tasks.lib.generation.doc_queries import filter_questions
+from tasks.lib.generation.generator import GenerationItem, Passage, generate_answers, item_prompt
+from tasks.lib.kb.questions import GENERATED_PREFIX
+
+AnswerFn = Callable[[list[QARecord]], list[str]]
+RanksFn = Callable[[list[str], list[str]], list[int | None]]
+
+
+def clean_answer(generated: str) -> str:
+    """The reply's first line without quotes or a closing full stop."""
+    lines = [line.strip() for line in generated.strip().splitlines() if line.strip()]
+    return lines[0].strip("\"'“”").rstrip(".").strip() if lines else ""
+
+
+def answer_questions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: list[QARecord],
+    docs_by_id: dict[str, Doc],
+    generator: GeneratorParams,
+    batch_size: int,
+) -> list[str]:
+    """The generator's answer to each record's question, its doc the one passage (task `qa`)."""
+    prompts = []
+    for record in records:
+        doc = docs_by_id[record.doc_ids[0]]
+        item = GenerationItem(record.id, "qa", record.question, (), (Passage(doc.title, doc.text),))
+        prompts.append(
+            item_prompt(item, tokenizer, generator.instructions, generator.passage_tokens, 1)
+        )
+    return generate_answers(model, tokenizer, prompts, batch_size, generator.max_new_tokens)
+
+
+def triple_problem(question: str, answer: str, doc: Doc, max_answer_words: int) -> str | None:
+    """Why (question, answer, doc) is not a usable triple, or None when it is."""
+    if not answer:
+        return "no_answer"
+    if len(answer.split()) > max_answer_words:
+        return "answer_too_long"
+    if not answer_in_text(answer, doc.text):
+        return "answer_not_in_passage"
+    if normalize_answer(answer) == normalize_answer(doc.title):
+        return "answer_is_title"
+    if answer_in_text(answer, question):
+        return "answer_in_question"
+    return None
+
+
+def filter_triples(
+    questions: list[QARecord],
+    generated_answers: list[str],
+    docs_by_id: dict[str, Doc],
+    max_answer_words: int,
+) -> tuple[list[QARecord], list[dict[str, Any]]]:
+    """Canonical records (id `gen:<doc id>`, answers [span]) of the usable triples, and the
+    others with their reasons."""
+    kept: list[QARecord] = []
+    rejected: list[dict[str, Any]] = []
+    for record, generated in zip(questions, generated_answers, strict=True):
+        doc = docs_by_id[record.doc_ids[0]]
+        answer = clean_answer(generated)
+        problem = triple_problem(record.question, answer, doc, max_answer_words)
+        if problem is not None:
+            rejected.append(
+                {
+                    "doc_id": doc.id,
+                    "generated": record.question,
+                    "answer": generated,
+                    "reason": problem,
+                }
+            )
+            continue
+        kept.append(
+            QARecord(
+                id=f"{GENERATED_PREFIX}{doc.id}",
+                question=record.question,
+                answers=[answer],
+                doc_ids=[doc.id],
+                group=f"{GENERATED_PREFIX}{doc.id}",
+                answerable=True,
+            )
+        )
+    return kept, rejected
+
+
+def generated_triples(
+    docs: list[Doc],
+    generated_questions: list[str],
+    answer: AnswerFn,
+    ranks_of: RanksFn,
+    params: KbQuestionsParams,
+    forbidden: set[str],
+) -> tuple[list[QARecord], list[dict[str, Any]]]:
+    """The usable triples of `docs` and their generated questions, and every rejected one.
+
+    Questions are checked first (one question, new, round trip through `ranks_of`), so only
+    their survivors are answered (`answer`, the expensive generation).
+    """
+    questions, rejected = filter_questions(
+        docs, generated_questions, ranks_of, params.round_trip_k, forbidden
+    )
+    kept, bad_answers = filter_triples(
+        questions, answer(questions), {d.id: d for d in docs}, params.max_answer_words
+    )
+    return kept, rejected + bad_answers
+
+
+def split_by_doc(records: list[QARecord], params: KbQuestionsParams) -> dict[str, list[QARecord]]:
+    """Seeded train / dev / held-out split by doc, held-out filled first, then dev, then train:
+    a doc's questions all land in one split, so no held-out doc is ever trained on."""
+    by_doc: dict[str, list[QARecord]] = {}
+    for record in records:
+        by_doc.setdefault(record.doc_ids[0], []).append(record)
+    doc_ids = sorted(by_doc)
+    random.Random(params.seed).shuffle(doc_ids)
+    bounds = (params.n_heldout, params.n_heldout + params.n_dev)
+    wanted = bounds[1] + params.n_train
+    heldout, dev, train = (
+        doc_ids[: bounds[0]],
+        doc_ids[bounds[0] : bounds[1]],
+        doc_ids[bounds[1] : wanted],
+    )
+    return {
+        name: [r for doc_id in split for r in by_doc[doc_id]]
+        for name, split in zip(KB_SPLITS, (train, dev, heldout), strict=True)
+    }
