@@ -117,7 +117,7 @@ def test_without_real_qa_the_kb_dev_and_heldout_sets_become_dev_and_test(
     ]  # fmt: skip
     kept, rejected = filter_triples(questions, [spans[q.doc_ids[0]] for q in questions], docs, 6)
     kb = split_by_doc(kept, params.kb_questions)
-    assert [len(kb[name]) for name in ("heldout", "dev", "train")] == [4, 2, 1]
+    assert [len(kb[name]) for name in ("heldout", "dev", "train")] == [3, 2, 2]  # 7 of 10 asked
 
     real = {split: [] for split in SPLITS}
     qa, written, kinds = kb_questions.qa_splits_for(real, kb, "generated")
@@ -133,7 +133,7 @@ def test_without_real_qa_the_kb_dev_and_heldout_sets_become_dev_and_test(
     kb_written = {n: read_qa(paths.kb_questions_dir / f"{n}.jsonl", allow_empty=True) for n in kb}
     assert kb_written == {"train": kb["train"], "dev": [], "heldout": []}  # nothing asked twice
     assert (
-        qa_split_label(paths.retrieval_qa_dir, "test") == "test: generated held-out questions (4)"
+        qa_split_label(paths.retrieval_qa_dir, "test") == "test: generated held-out questions (3)"
     )
     assert qa_split_label(paths.retrieval_qa_dir, "dev") == "dev: generated dev questions (2)"
     assert qa_split_label(paths.retrieval_qa_dir, "train") == "train: real questions (0)"

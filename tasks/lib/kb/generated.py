@@ -4,21 +4,29 @@ descriptions (a user's KB).
 The local base generator writes a question about a doc (doc-to-query, with the
 `synthesize_queries` prompt settings: `tasks.lib.generation.doc_queries`), then answers it with
 the doc as its one passage, through the generator's own prompt contract (the `qa` instruction).
-A triple is kept when the question is one clean, new question whose doc the round-trip
-retriever finds again, and the answer is a short span of the passage that is neither the title
-nor given away by the question: a small model's answer that it cannot point to in the passage
-is a guess, not a label. `filter_triples` says why it dropped each one.
+A small model answers in a sentence that restates the question ("The git-branch command is used
+to create a new branch"), whatever the instruction says, so the answer *span* is taken from the
+passage: the longest run of passage words the reply repeats (difflib's longest match), trimmed
+of question and stop words at its ends. A reply that repeats nothing of the passage beyond the
+question's own words is a guess, not a label. A triple is kept when the question is one clean,
+new question whose doc the round-trip retriever finds again and the span is short, not the
+title, and not given away by the question. `filter_triples` says why it dropped each one.
 """
 
 from __future__ import annotations
 
+import math
 import random
+import re
+import string
 from collections.abc import Callable
+from difflib import SequenceMatcher
 from typing import Any
 
+from bm25s.stopwords import STOPWORDS_EN_PLUS
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tasks.lib.core.answers import answer_in_text, normalize_answer
+from tasks.lib.core.answers import normalize_answer
 from tasks.lib.core.config import GeneratorParams, KbQuestionsParams
 from tasks.lib.core.records import KB_SPLITS, Doc, QARecord
 from tasks.lib.generation.doc_queries import filter_questions
@@ -29,10 +37,29 @@ AnswerFn = Callable[[list[QARecord]], list[str]]
 RanksFn = Callable[[list[str], list[str]], list[int | None]]
 
 
-def clean_answer(generated: str) -> str:
-    """The reply's first line without quotes or a closing full stop."""
-    lines = [line.strip() for line in generated.strip().splitlines() if line.strip()]
-    return lines[0].strip("\"'“”").rstrip(".").strip() if lines else ""
+# Words that neither start nor end an answer span (SQuAD spans rarely do): bm25s's English list.
+_EDGE_WORDS = frozenset(STOPWORDS_EN_PLUS)
+_EDGE_PUNCTUATION = string.punctuation + "\u201c\u201d\u2018\u2019"  # and curly quotes
+
+
+def _word_key(word: str) -> str:
+    return word.casefold().strip(_EDGE_PUNCTUATION)
+
+
+def answer_span(reply: str, question: str, passage: str) -> str:
+    """The passage's words that the reply repeats longest, without question or stop words at
+    either end ("" when the reply repeats no word of its own); the passage's spelling."""
+    passage_words = re.findall(r"\S+", passage)
+    passage_keys = [_word_key(w) for w in passage_words]
+    reply_keys = [_word_key(w) for w in re.findall(r"\S+", reply)]
+    match = SequenceMatcher(None, passage_keys, reply_keys, autojunk=False).find_longest_match()
+    start, end = match.a, match.a + match.size
+    asked = {_word_key(w) for w in question.split()}
+    while start < end and (passage_keys[start] in _EDGE_WORDS or passage_keys[start] in asked):
+        start += 1
+    while end > start and (passage_keys[end - 1] in _EDGE_WORDS or not passage_keys[end - 1]):
+        end -= 1
+    return " ".join(passage_words[start:end]).strip(_EDGE_PUNCTUATION)
 
 
 def answer_questions(
@@ -55,17 +82,13 @@ def answer_questions(
 
 
 def triple_problem(question: str, answer: str, doc: Doc, max_answer_words: int) -> str | None:
-    """Why (question, answer, doc) is not a usable triple, or None when it is."""
+    """Why (question, answer span, doc) is not a usable triple, or None when it is."""
     if not answer:
-        return "no_answer"
+        return "answer_not_in_passage"
     if len(answer.split()) > max_answer_words:
         return "answer_too_long"
-    if not answer_in_text(answer, doc.text):
-        return "answer_not_in_passage"
     if normalize_answer(answer) == normalize_answer(doc.title):
         return "answer_is_title"
-    if answer_in_text(answer, question):
-        return "answer_in_question"
     return None
 
 
@@ -81,7 +104,7 @@ def filter_triples(
     rejected: list[dict[str, Any]] = []
     for record, generated in zip(questions, generated_answers, strict=True):
         doc = docs_by_id[record.doc_ids[0]]
-        answer = clean_answer(generated)
+        answer = answer_span(generated, record.question, doc.text)
         problem = triple_problem(record.question, answer, doc, max_answer_words)
         if problem is not None:
             rejected.append(
@@ -129,15 +152,19 @@ def generated_triples(
 
 
 def split_by_doc(records: list[QARecord], params: KbQuestionsParams) -> dict[str, list[QARecord]]:
-    """Seeded train / dev / held-out split by doc, held-out filled first, then dev, then train:
-    a doc's questions all land in one split, so no held-out doc is ever trained on."""
+    """Seeded train / dev / held-out split by doc: a doc's questions all land in one split, so no
+    held-out doc is ever trained on. With fewer docs than n_heldout + n_dev + n_train, each
+    split shrinks in proportion (held-out, then dev, rounded up), so a low yield still leaves
+    every split some questions."""
     by_doc: dict[str, list[QARecord]] = {}
     for record in records:
         by_doc.setdefault(record.doc_ids[0], []).append(record)
     doc_ids = sorted(by_doc)
     random.Random(params.seed).shuffle(doc_ids)
-    bounds = (params.n_heldout, params.n_heldout + params.n_dev)
-    wanted = bounds[1] + params.n_train
+    wanted = params.n_heldout + params.n_dev + params.n_train
+    share = min(1.0, len(doc_ids) / wanted) if wanted else 0.0
+    n_heldout = math.ceil(params.n_heldout * share)
+    bounds = (n_heldout, n_heldout + math.ceil(params.n_dev * share))
     heldout, dev, train = (
         doc_ids[: bounds[0]],
         doc_ids[bounds[0] : bounds[1]],

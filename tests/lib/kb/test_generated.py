@@ -34,28 +34,32 @@ def test_a_triple_is_kept_only_with_a_short_span_of_its_passage() -> None:
         question("tea", "What is tea brewed from?"),
         question("saturn", "Which planet known for its bright rings is sixth from the Sun?"),
     ]
-    answers = [
-        "compacted snow.",  # a span: kept, without its full stop
-        "lava and smoke",  # not in the passage
-        "in fifths, four of them, on a bowed string instrument of wood",  # too long
-        "Chess",  # the title itself
-        "the cured leaves of the tea plant",
-        "bright rings",  # given away by the question
+    replies = [  # a small model's replies; the span is what they repeat of the passage
+        "A glacier is formed from compacted snow.",  # span "compacted snow": kept
+        "Lava and smoke come out.",  # repeats nothing of the passage but a stop word
+        "The violin's strings are tuned in fifths, on a bowed string instrument with four",
+        "Chess.",  # the title itself
+        "Tea is brewed from the cured leaves of the tea plant.",  # a 6-word span
+        "Saturn is known for its bright rings.",  # only what the question already says
     ]
-    kept, rejected = filter_triples(questions, answers, DOCS, max_answer_words=4)
+    kept, rejected = filter_triples(questions, replies, DOCS, max_answer_words=4)
     assert [(r.id, r.answers, r.doc_ids, r.group, r.answerable) for r in kept] == [
         ("gen:glacier", ["compacted snow"], ["glacier"], "gen:glacier", True)
     ]
     assert {row["doc_id"]: row["reason"] for row in rejected} == {
         "volcano": "answer_not_in_passage",
-        "violin": "answer_too_long",
+        "violin": "answer_too_long",  # "bowed string instrument with four strings tuned ..."
         "chess": "answer_is_title",
         "tea": "answer_too_long",
-        "saturn": "answer_in_question",
+        "saturn": "answer_not_in_passage",
     }
-    # A longer limit keeps the tea span; the rest fail for the same reasons.
-    kept, _ = filter_triples(questions, answers, DOCS, max_answer_words=8)
-    assert [r.id for r in kept] == ["gen:glacier", "gen:tea"]
+    # A longer limit keeps the violin and tea spans; the rest fail for the same reasons.
+    kept, _ = filter_triples(questions, replies, DOCS, max_answer_words=6)
+    assert [(r.id, r.answers) for r in kept] == [
+        ("gen:glacier", ["compacted snow"]),
+        ("gen:violin", ["bowed string instrument with four"]),
+        ("gen:tea", ["cured leaves of the tea plant"]),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +92,9 @@ def test_questions_are_checked_before_they_are_answered(bm25_ranks: Retriever) -
     params = kb_params(round_trip_k=10, max_answer_words=6)
     kept, rejected = generated_triples(docs, generated, answer, ranks_of, params, set())
     assert asked == ["glacier", "saturn"]  # only the questions that passed are answered
-    assert [(r.id, r.answers) for r in kept] == [
-        ("gen:glacier", ["compacted snow"]),
-        ("gen:saturn", ["sixth planet from the Sun"]),
-    ]
+    assert [(r.id, r.answers) for r in kept] == [("gen:glacier", ["compacted snow"])]
     assert {row["doc_id"]: row["reason"] for row in rejected} == {
+        "saturn": "answer_not_in_passage",  # every word of the span is in the question
         "volcano": "not_a_question",
         "lighthouse": "duplicate",
         "honeybee": "source_not_in_top_10",
@@ -105,16 +107,17 @@ def gen(doc_id: str, n: int = 0) -> QARecord:
     )
 
 
-def test_split_by_doc_fills_heldout_first_and_keeps_a_docs_questions_together() -> None:
+def test_split_by_doc_shares_out_a_low_yield_and_keeps_a_docs_questions_together() -> None:
     records = [gen(f"d{i}") for i in range(6)] + [gen("d0", 1), gen("d3", 1)]
     params = kb_params(n_train=10, n_dev=2, n_heldout=3, seed=4)
     splits = split_by_doc(records, params)
     docs_of = {name: {r.doc_ids[0] for r in split} for name, split in splits.items()}
-    assert [len(docs_of[name]) for name in ("heldout", "dev", "train")] == [3, 2, 1]
+    # 6 docs of the 15 asked for: each split gets its share, rounded up (held-out, dev first).
+    assert [len(docs_of[name]) for name in ("heldout", "dev", "train")] == [2, 1, 3]
     assert not (docs_of["train"] & docs_of["dev"] or docs_of["train"] & docs_of["heldout"])
     assert not docs_of["dev"] & docs_of["heldout"]
     assert sorted(r.id for split in splits.values() for r in split) == sorted(r.id for r in records)
-    # Fewer docs than the held-out set asks for: all go to it, dev and train stay empty.
-    few = split_by_doc(records[:2], params)
-    assert (len(few["heldout"]), few["dev"], few["train"]) == (2, [], [])
+    # Fewer docs than asked for: every split shrinks in proportion, none is left empty.
+    few = split_by_doc(records[:3], params)  # 3 docs of 15 asked: a fifth
+    assert [len({r.doc_ids[0] for r in few[n]}) for n in ("heldout", "dev", "train")] == [1, 1, 1]
     assert split_by_doc(records, params) == splits  # seeded
