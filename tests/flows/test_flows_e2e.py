@@ -11,9 +11,6 @@ changed must do nothing but re-read the registry, and the watcher nothing at all
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +25,9 @@ from flows.watch import watch
 from tasks.lib.core.config import load_params
 from tasks.lib.core.tracking import PARENT_RUN_ENV, tracking_uri
 from tasks.lib.serving.registry import CHALLENGER, CHAMPION, aliases
-from tests.support.projects import REPO, make_tracked_project_on_kb, write_jsonl
-from tests.support.retrieval import TOPICS, make_tiny_encoder, tiny_qa
+from tests.support.pipeline import make_pipeline_project
+from tests.support.projects import REPO, write_jsonl
+from tests.support.retrieval import TOPICS, tiny_qa
 from tests.support.tiny_generator import make_tiny_generator
 
 MODELS = ("ragloop-retriever", "ragloop-generator", "ragloop-rag")
@@ -63,32 +61,6 @@ DESCRIPTIONS = {
     "Marathon": "Long distance running race",
 }
 
-# Every knob shrunk to the tiny KB and models (the repo's params.yaml otherwise).
-SHRUNK: dict[str, dict[str, Any]] = {
-    "retrain": {"retry_delay_seconds": 0},
-    "kb_questions": {"n_train": 6, "n_dev": 2, "n_heldout": 3},
-    "retrieve_contexts": {"k": 5},
-    "generator": {"top_k": 2, "passage_tokens": 24, "max_new_tokens": 4},
-    "finetune_generator": {
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-        "epochs": 1,
-        "batch_size": 4,
-        "warmup_steps": 0,
-        "eval_steps": 2,
-        "bf16": False,
-    },
-    "evaluate_generation": {"bootstrap_resamples": 100, "samples": 1},
-    "index": {"batch_size": 32},
-    "retrieval": {"candidates": 10},
-    "tune_retrieval": {"rrf_k": [60], "dense_weight": [0.5, 1.0]},
-    "evaluate_retrieval": {"bootstrap_resamples": 100, "curve_depth": 5},
-    "synthesize_queries": {"n_docs": 4, "doc_words": 20, "max_new_tokens": 8, "batch_size": 4},
-    # synthetic queries on whatever the default, so the generator's path runs end to end too
-    "finetune_retriever": {"use_synthetic": True, "epochs": 1, "batch_size": 4, "eval_corpus": 0},
-    "compare_retrievers": {"bootstrap_resamples": 100},
-    "bundle": {"batch_size": 4},
-}
-
 
 def write_tiny_kb(root: Path) -> None:
     """The retrieval fixtures' KB (with descriptions) and all their questions, as a KB folder."""
@@ -109,25 +81,7 @@ def write_tiny_kb(root: Path) -> None:
 def make_e2e_project(root: Path) -> Path:
     """A DVC project with every stage of the repo's dvc.yaml, its code and tiny models."""
     write_tiny_kb(root)
-    encoder = make_tiny_encoder(root / "models")
-    generator = make_tiny_generator(root / "models" / "generator")
-    shrunk = {f"{section}__{k}": v for section, knobs in SHRUNK.items() for k, v in knobs.items()}
-    params_file = make_tracked_project_on_kb(
-        root,
-        index__encoder=str(encoder),
-        prepare_generator__model=str(generator),
-        **shrunk,
-    )
-
-    shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
-    # What `dvc config` would write, without paying another dvc start-up.
-    (root / ".dvc/config").write_text(
-        "[core]\n    no_scm = True\n    analytics = false\n    site_cache_dir = site_cache\n",
-        encoding="utf-8",
-    )
-    return params_file
+    return make_pipeline_project(root, make_tiny_generator(root / "models" / "generator"))
 
 
 @pytest.fixture(scope="module", autouse=True)
