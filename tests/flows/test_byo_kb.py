@@ -12,7 +12,6 @@ added: the watcher retrains, and the real questions take over the test split.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from flows.watch import watch
 from tasks.lib.core.answers import answer_in_text
 from tasks.lib.core.config import load_params
 from tasks.lib.core.records import read_docs, read_qa, read_qa_splits
-from tasks.lib.core.tracking import PARENT_RUN_ENV
 from tests.support.pipeline import make_pipeline_project
 from tests.support.projects import REPO, project_mlflow_client
 from tests.support.retrieval import tiny_docs, tiny_qa
@@ -38,14 +36,6 @@ REASONS = {
     "answer_too_long",
     "answer_is_title",
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def harness(prefect_api: None) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as env:
-        env.delenv("MLFLOW_TRACKING_URI", raising=False)
-        env.delenv(PARENT_RUN_ENV, raising=False)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +62,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_run(project: Path) -> dict[str, Any]:
+def first_run(project: Path, flow_harness: None) -> dict[str, Any]:
     return retrain(str(project))
 
 

@@ -11,7 +11,6 @@ changed must do nothing but re-read the registry, and the watcher nothing at all
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from mlflow import MlflowClient
 from flows.retrain import retrain
 from flows.watch import watch
 from tasks.lib.core.config import load_params
-from tasks.lib.core.tracking import PARENT_RUN_ENV, tracking_uri
+from tasks.lib.core.tracking import tracking_uri
 from tasks.lib.serving.registry import CHALLENGER, CHAMPION, aliases
 from tests.support.pipeline import make_pipeline_project
 from tests.support.projects import REPO, write_jsonl
@@ -84,16 +83,6 @@ def make_e2e_project(root: Path) -> Path:
     return make_pipeline_project(root, make_tiny_generator(root / "models" / "generator"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def harness(prefect_api: None) -> Iterator[None]:
-    """The session's temporary Prefect API, and the project's own MLflow store whatever the
-    shell exported."""
-    with pytest.MonkeyPatch.context() as env:
-        env.delenv("MLFLOW_TRACKING_URI", raising=False)
-        env.delenv(PARENT_RUN_ENV, raising=False)
-        yield
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_e2e_project(tmp_path_factory.mktemp("e2e_project"))
@@ -107,7 +96,7 @@ def client(project: Path) -> MlflowClient:
 
 
 @pytest.fixture(scope="module")
-def first_run(project: Path) -> dict[str, Any]:
+def first_run(project: Path, flow_harness: None) -> dict[str, Any]:
     """The first retrain on a fresh project."""
     return retrain(str(project))
 

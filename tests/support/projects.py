@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pytest
 import yaml
 
 if TYPE_CHECKING:
@@ -218,3 +219,15 @@ def moved_away(paths: Sequence[Path]) -> Iterator[None]:
     finally:
         for path in paths:
             path.with_name(f"{path.name}.away").rename(path)
+
+
+@contextmanager
+def own_tracking_env() -> Iterator[None]:
+    """No MLflow URI or parent run exported by the shell or an earlier test: a project's flows
+    log to its own store (a module-scoped fixture cannot use the function-scoped monkeypatch)."""
+    from tasks.lib.core.tracking import PARENT_RUN_ENV
+
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        env.delenv(PARENT_RUN_ENV, raising=False)
+        yield
