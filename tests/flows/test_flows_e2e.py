@@ -89,7 +89,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(project: Path) -> MlflowClient:
+def client(project: Path, flow_harness: None) -> MlflowClient:
     uri = tracking_uri(load_params(project))
     mlflow.set_tracking_uri(uri)  # `models:/` URIs resolve against it
     return MlflowClient(uri)

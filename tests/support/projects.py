@@ -223,11 +223,17 @@ def moved_away(paths: Sequence[Path]) -> Iterator[None]:
 
 @contextmanager
 def own_tracking_env() -> Iterator[None]:
-    """No MLflow URI or parent run exported by the shell or an earlier test: a project's flows
-    log to its own store (a module-scoped fixture cannot use the function-scoped monkeypatch)."""
+    """No MLflow URI or parent run exported by the shell or an earlier test, and none left for a
+    later one: a project's flows log to its own store (a module-scoped fixture cannot use the
+    function-scoped monkeypatch)."""
     from tasks.lib.core.tracking import PARENT_RUN_ENV
 
+    names = ("MLFLOW_TRACKING_URI", PARENT_RUN_ENV)
     with pytest.MonkeyPatch.context() as env:
-        env.delenv("MLFLOW_TRACKING_URI", raising=False)
-        env.delenv(PARENT_RUN_ENV, raising=False)
-        yield
+        for name in names:
+            env.delenv(name, raising=False)
+        try:
+            yield
+        finally:  # what a flow exported meanwhile (mlflow.set_tracking_uri) must not outlive it
+            for name in names:
+                os.environ.pop(name, None)
