@@ -306,9 +306,9 @@ def test_dvc_repro_of_the_refresh_path_on_a_fresh_clone(tmp_path: Path, models) 
     # the base index, for a KB without a QA set).
     assert pipeline_stages(tmp_path, "refresh_register") == [
         *path,
-        *refresh,
         "index",
         "kb_questions",
+        *refresh,
         "refresh_evaluate",
         "refresh_register",
     ]
