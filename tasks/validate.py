@@ -14,16 +14,22 @@ a policy (`validate.on_failure`): `stop`, or `quarantine`: its offending docs, a
 go to the quarantine file with the expectation and value, dedup drops them and the pipeline
 goes on, unless more than `max_quarantined_share` of the docs are quarantined (GX's `mostly`
 bounds each expectation, the share of all quarantined docs is bounded here). QA suites stop.
+
+The data docs quote offending records, which are user data: GX writes those values into its
+tables as raw HTML, so they are escaped before the site is built (a doc whose text is a
+`<script>` would otherwise run in the browser of whoever opens the report, from MLflow too).
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import great_expectations as gx  # analytics are off: tasks/__init__.py sets the environment
 import pandas as pd
+from great_expectations.data_context import AbstractDataContext
 from great_expectations.data_context.types.base import (
     DataContextConfig,
     InMemoryStoreBackendDefaults,
@@ -237,6 +243,32 @@ def data_docs_site(docs_dir: Path) -> dict[str, Any]:
     }
 
 
+def html_escaped(value: Any) -> Any:
+    """`value` with every string in it HTML-escaped (dicts and lists walked)."""
+    if isinstance(value, str):
+        return html.escape(value)
+    if isinstance(value, dict):
+        return {key: html_escaped(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [html_escaped(item) for item in value]
+    return value
+
+
+def escape_stored_results(context: AbstractDataContext) -> None:
+    """Escape the values in the stored results the data docs are built from.
+
+    GX escapes the parameters of its sentences but not the cells of its unexpected-values
+    tables (values, counts, the ids of the offending rows). The results the verdict and the
+    quarantine come from are the in-memory ones, which keep the raw values.
+    """
+    store = context.validation_results_store
+    for key in store.list_keys():
+        suite_result = store.get(key)
+        for result in suite_result.results:
+            result.result = html_escaped(result.result)
+        store.set(key, suite_result)
+
+
 def run_suites(
     checks: list[SuiteCheck],
     report_examples: int,
@@ -279,6 +311,7 @@ def run_suites(
                 quarantine.setdefault(doc.id, doc)
         outcomes.append(SuiteOutcome(suite.name, bool(result.success), len(frame), expectations))
     if docs_dir:
+        escape_stored_results(context)
         context.build_data_docs()
     return ValidationReport(outcomes, list(quarantine.values()), max_quarantined_share)
 

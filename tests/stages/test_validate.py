@@ -3,6 +3,7 @@ message that names the suite, the expectation and the record; the report is writ
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -251,3 +252,25 @@ def test_main_on_failing_project_reports_and_exits_nonzero(docs, splits, tmp_pat
         run_stage(lambda: main(params_file))
     assert exit_info.value.code == 1
     assert "error: validation failed:" in capsys.readouterr().err
+
+
+def test_data_docs_show_offending_records_as_text_not_html(docs, splits, params, tmp_path):
+    """A doc's text and a record's ids are user data: in the report they must be text, never
+    markup the browser runs (the page is served from MLflow too)."""
+    evil = "<script>alert(1)</script><img src=x onerror=alert(1)>"
+    docs[1] = doc("Beta", text=evil)  # longer than the bound below, unlike the other texts
+    splits["dev"][0] = qa("<script>alert(2)</script>", "g2", ["<img src=x onerror=alert(3)>"])
+    bounds = params.model_copy(update={"doc_max_chars": len(evil) - 1})
+
+    report = validate(docs, splits, bounds, tmp_path / "data_docs")
+
+    assert {(f.column, f.examples[0]["id"]) for f in report.failures()} == {
+        ("text", "Beta"),
+        ("in_kb", "<script>alert(2)</script>"),  # the verdict keeps the raw values
+    }
+    pages = "".join(p.read_text(encoding="utf-8") for p in tmp_path.rglob("*.html"))
+    assert html.escape(evil) in pages
+    assert html.escape("<script>alert(2)</script>") in pages
+    assert html.escape("<img src=x onerror=alert(3)>") in pages
+    for raw in ("<script>alert", "<img src=x", "&amp;lt;"):  # nor escaped twice
+        assert raw not in pages
