@@ -174,3 +174,23 @@ def test_qa_folder_reads_every_file_in_sorted_order(tmp_path: Path) -> None:
     ingest.main(params_file)
     records = [r for split in read_qa_splits(tmp_path / "data/qa").values() for r in split]
     assert len(records) == 8 and "q-extra" in {r.id for r in records}
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path: Path) -> None:
+    """Windows editors start UTF-8 files with U+FEFF: it must not hide the heading, nor break
+    the JSON of the first line of a KB or QA file."""
+    params_file = make_project(tmp_path)
+    bom = "\ufeff"
+    kb, qa = tmp_path / "my_kb", tmp_path / "my_qa/qa.jsonl"
+    (kb / "bom.md").write_text(f"{bom}# Saved on Windows\n\nNotepad adds a mark.\n", "utf-8")
+    (kb / "plain_bom.txt").write_text(f"{bom}No heading here.\n", "utf-8")
+    (kb / "docs.jsonl").write_text(bom + (kb / "docs.jsonl").read_text("utf-8"), "utf-8")
+    qa.write_text(bom + qa.read_text("utf-8"), "utf-8")
+    ingest.main(params_file)
+    docs = {d.id: d for d in read_docs(tmp_path / "data/kb/docs.jsonl")}
+    assert (docs["bom"].title, docs["bom"].text) == ("Saved on Windows", "Notepad adds a mark.")
+    assert docs["plain_bom"].text == "No heading here."
+    assert docs["j1"].title == "J one"
+    assert not any(bom in d.id + d.title + d.text for d in docs.values())
+    records = [r for split in read_qa_splits(tmp_path / "data/qa").values() for r in split]
+    assert "q0" in {r.id for r in records}

@@ -27,13 +27,17 @@ class InputError(Exception):
 
 
 def read_text(path: Path) -> str:
-    """Read UTF-8 text, naming the line and byte when the encoding is wrong."""
+    """Read UTF-8 text, naming the line and byte when the encoding is wrong.
+
+    A leading byte order mark is dropped: Windows editors write one, and it is not text (it
+    would hide a Markdown heading and break the JSON of a first line).
+    """
     try:
         data = path.read_bytes()
     except FileNotFoundError as err:
         raise InputError(f"{path}: file not found") from err
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise InputError(
