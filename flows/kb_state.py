@@ -53,7 +53,7 @@ def source_files(params: IngestParams) -> tuple[NamedFiles, NamedFiles]:
     renaming a KB file (which renames its doc id) does.
     """
     updates, deletions = params.updates_folder, params.deletions_path
-    added = kb_files(updates, deletions) if updates.is_dir() else []
+    added = kb_files(updates, params.ignore, deletions) if updates.is_dir() else []
     named_updates = [(f"updates/{p.relative_to(updates).as_posix()}", p) for p in added]
     if deletions.is_file():
         named_updates.append(("deletions", deletions))
@@ -65,8 +65,9 @@ def source_files(params: IngestParams) -> tuple[NamedFiles, NamedFiles]:
     folder, qa_folder = params.kb_folder, params.qa_folder
     if not folder.is_dir():
         raise InputError(f"{folder}: KB folder not found")
-    named = [(f"kb/{p.relative_to(folder).as_posix()}", p) for p in kb_files(folder)]
-    named_qa = [(f"qa/{p.relative_to(qa_folder).as_posix()}", p) for p in qa_files(qa_folder)]
+    named = [(f"kb/{p.relative_to(folder).as_posix()}", p) for p in kb_files(folder, params.ignore)]
+    qa = qa_files(qa_folder, params.ignore)
+    named_qa = [(f"qa/{p.relative_to(qa_folder).as_posix()}", p) for p in qa]
     return [*named, *named_updates], named_qa
 
 

@@ -5,13 +5,16 @@ written empty, and the pipeline evaluates on questions generated from the KB.
 
 The sources are read by `tasks.lib.kb.sources`, with the updates folder's added, replaced and
 deleted docs applied; this stage marks which questions are answerable from their gold passages
-and splits them by group into train / dev / test.
+and splits them by group into train / dev / test. The paths of the source folders it did not read
+(hidden, ignored, other suffixes, links out of the folder) are printed and listed with the reason
+in `paths.ingest_skipped`: a doc missing from the KB is explained there.
 """
 
 from __future__ import annotations
 
 import random
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 from tasks.lib.core.answers import answer_in_text
@@ -19,7 +22,8 @@ from tasks.lib.core.config import Params, SplitParams, load_params
 from tasks.lib.core.io import atomic_path, run_stage, write_jsonl
 from tasks.lib.core.records import SPLITS, Doc, QARecord
 from tasks.lib.core.tracking import stage_run
-from tasks.lib.kb.sources import KbEdits, load_sources
+from tasks.lib.kb.folder import SkippedByFolder, skip_metrics, skip_summary
+from tasks.lib.kb.sources import CONVERT_DOCS, CONVERT_QA, KbEdits, load_sources
 
 
 def mark_answerable(records: list[QARecord], docs: list[Doc]) -> list[QARecord]:
@@ -54,12 +58,14 @@ def split_by_group(records: list[QARecord], split: SplitParams) -> dict[str, lis
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     with stage_run("ingest", params) as run:
-        docs, records, edits = load_sources(params.ingest)
+        docs, records, edits, skipped = load_sources(params.ingest)
         splits = split_by_group(mark_answerable(records, docs), params.ingest.split)
-        write_outputs(params, docs, splits, edits)
+        write_outputs(params, docs, splits, edits, skipped)
+        run.log_artifact(params.paths.ingest_skipped)
         run.log_metrics(
             {"docs": len(docs)}
             | edits.metrics()
+            | skip_metrics([item for items in skipped.values() for item in items])
             | {f"{name}_questions": len(split) for name, split in splits.items()}
             | {
                 f"{name}_answerable": sum(bool(r.answerable) for r in split)
@@ -69,17 +75,25 @@ def main(params_file: Path = Path("params.yaml")) -> None:
 
 
 def write_outputs(
-    params: Params, docs: list[Doc], splits: dict[str, list[QARecord]], edits: KbEdits
+    params: Params,
+    docs: list[Doc],
+    splits: dict[str, list[QARecord]],
+    edits: KbEdits,
+    skipped: SkippedByFolder,
 ) -> None:
-    """Write the canonical files in place atomically and print the counts."""
+    """Write the canonical files and the skipped paths in place atomically; print the counts."""
 
     with atomic_path(params.paths.kb_docs) as docs_path:
         write_jsonl(docs_path, docs)
     with atomic_path(params.paths.qa_dir) as qa_dir:
         for name, split_records in splits.items():
             write_jsonl(qa_dir / f"{name}.jsonl", split_records)
+    with atomic_path(params.paths.ingest_skipped) as skipped_path:
+        rows = [{"folder": key} | asdict(item) for key, items in skipped.items() for item in items]
+        write_jsonl(skipped_path, rows)
 
     print(f"ingest: {len(docs)} docs")
+    print_skipped(params, skipped)
     if edits != KbEdits():
         print(
             f"ingest: updates folder: {edits.added} docs added, {edits.replaced} replaced, "
@@ -97,6 +111,16 @@ def write_outputs(
         groups = len({r.group for r in split_records})
         size = len(split_records)
         print(f"ingest: {name:5s} {size:4d} questions ({answerable} answerable), {groups} groups")
+
+
+def print_skipped(params: Params, skipped: SkippedByFolder) -> None:
+    """One line per folder and reason, naming the paths; the report holds them all."""
+    for key, items in skipped.items():
+        folder = getattr(params.ingest, key)
+        for line in skip_summary(items, CONVERT_QA if key == "qa_folder" else CONVERT_DOCS):
+            print(f"ingest: {folder}: {line}")
+    if any(skipped.values()):
+        print(f"ingest: every skipped path, with why, is in {params.paths.ingest_skipped}")
 
 
 if __name__ == "__main__":

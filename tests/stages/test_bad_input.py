@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import yaml
 from tasks import dedup, ingest, validate
 from tasks.lib.core.config import load_params
 from tasks.lib.core.io import run_stage
+from tasks.lib.core.records import read_docs
 from tests.support.projects import REPO, make_project
 
 
@@ -176,3 +178,168 @@ def test_stop_policy_still_stops(tmp_path: Path, capsys: pytest.CaptureFixture[s
         "expectation expect_column_value_lengths_to_be_between (column text, min_value 20)" in err
     )
     assert "1 of 10 docs, e.g. 'stub'" in err and "quarantine:" not in err
+
+
+def skipped_rows(params_file: Path) -> list[dict[str, str]]:
+    path = load_params(params_file).paths.ingest_skipped
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def ingest_skips(params_file: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ingest again on a project whose source gained paths it must not read: the docs and
+    QA splits are byte for byte the first run's; return what it printed."""
+    outputs = load_params(params_file).paths
+    kept = [outputs.kb_docs, *sorted(outputs.qa_dir.iterdir())]
+    before = {p: p.read_bytes() for p in kept}
+    capsys.readouterr()
+    run_stage(lambda: ingest.main(params_file))  # no SystemExit: skipping is not an error
+    assert {p: p.read_bytes() for p in kept} == before
+    return capsys.readouterr().out
+
+
+def test_links_out_of_the_kb_folder_are_skipped_and_named(
+    ingested: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = ingested.parent
+    secret = root / "secret.txt"  # outside my_kb, like /etc/passwd
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n", encoding="utf-8")
+    (root / "elsewhere").mkdir()
+    (root / "elsewhere/notes.md").write_text("# Notes\nNot in the KB folder.\n", "utf-8")
+    (root / "my_kb/passwd.md").symlink_to(secret)
+    (root / "my_kb/guides/ext").symlink_to(root / "elsewhere", target_is_directory=True)
+
+    out = ingest_skips(ingested, capsys)
+
+    kb = load_params(ingested).ingest.kb_folder
+    assert (
+        f"ingest: {kb}: skipped 2 links to a path outside the folder: "
+        f"guides/ext -> {root / 'elsewhere'}, passwd.md -> {secret} "
+        "(copy a file into the folder to include it)"
+    ) in out
+    assert (
+        f"every skipped path, with why, is in {load_params(ingested).paths.ingest_skipped}" in out
+    )
+    assert skipped_rows(ingested) == [
+        {
+            "folder": "kb_folder",
+            "path": "guides/ext",
+            "reason": "outside",
+            "detail": str(root / "elsewhere"),
+        },
+        {"folder": "kb_folder", "path": "passwd.md", "reason": "outside", "detail": str(secret)},
+    ]
+
+
+def test_links_inside_the_folder_read_each_file_once(
+    ingested: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kb = ingested.parent / "my_kb"
+    (kb / "a_link.md").symlink_to("guides/install.md")  # sorts first, yet the real name wins
+    (kb / "guides_again").symlink_to("guides", target_is_directory=True)
+    (kb / "guides/up").symlink_to("..", target_is_directory=True)  # a loop
+    (kb / "self").symlink_to("self")  # resolves to itself
+    (kb / "gone.md").symlink_to("nowhere.md")
+
+    out = ingest_skips(ingested, capsys)
+
+    rows = {(r["path"], r["reason"], r["detail"]) for r in skipped_rows(ingested)}
+    assert rows == {
+        ("a_link.md", "duplicate", "guides/install.md"),
+        ("guides_again/install.md", "duplicate", "guides/install.md"),
+        ("guides/up", "loop", "."),
+        ("guides_again/up", "loop", "."),
+        ("self", "loop", ""),
+        ("gone.md", "broken", "nowhere.md"),
+    }
+    assert "skipped 2 links to a file already read: a_link.md (read as guides/install.md), " in out
+    assert "skipped 3 links to a folder it is in (a symlink loop): guides/up, " in out
+    assert "skipped 1 broken or special path (a link to nothing, a FIFO): gone.md" in out
+
+
+def test_hidden_and_ignored_paths_are_not_read(
+    ingested: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Jupyter checkpoint copy of a doc (and of the QA file) stays out of the KB: it would be
+    a near duplicate that dedup may keep instead of the doc the questions cite."""
+    root = ingested.parent
+    checkpoints = root / "my_kb/guides/.ipynb_checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "install-checkpoint.md").write_text(
+        "# Installing the widget\n\nRun the installer, then calibrate the sensor.\n", "utf-8"
+    )
+    (root / "my_kb/.DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "my_kb/__pycache__").mkdir()
+    (root / "my_kb/__pycache__/faq.txt").write_text("A cached copy.\n", encoding="utf-8")
+    (root / "my_qa/.ipynb_checkpoints").mkdir()
+    shutil.copy(root / "my_qa/qa.jsonl", root / "my_qa/.ipynb_checkpoints/qa-checkpoint.jsonl")
+
+    out = ingest_skips(ingested, capsys)
+
+    params = load_params(ingested).ingest
+    assert (
+        f"ingest: {params.kb_folder}: skipped 3 hidden or ignored paths (ingest.ignore): "
+        ".DS_Store, __pycache__, guides/.ipynb_checkpoints"
+    ) in out
+    assert f"ingest: {params.qa_folder}: skipped 1 hidden or ignored path" in out
+    assert {(r["folder"], r["path"], r["detail"]) for r in skipped_rows(ingested)} == {
+        ("kb_folder", ".DS_Store", ".*"),
+        ("kb_folder", "__pycache__", "__pycache__"),
+        ("kb_folder", "guides/.ipynb_checkpoints", ".*"),
+        ("qa_folder", ".ipynb_checkpoints", ".*"),
+    }
+
+
+def test_an_ignore_pattern_of_the_users_own(tmp_path: Path) -> None:
+    params_file = make_project(tmp_path, ingest__ignore=[".*", "draft*"])
+    (tmp_path / "my_kb/drafts").mkdir()
+    (tmp_path / "my_kb/drafts/idea.md").write_text("# Idea\nNot ready yet.\n", "utf-8")
+    (tmp_path / "my_kb/draft-faq.txt").write_text("Not ready either.\n", "utf-8")
+    ingest.main(params_file)
+    docs = {d.id for d in read_docs(load_params(params_file).paths.kb_docs)}
+    assert len(docs) == 9 and not any(d.startswith("draft") for d in docs)
+    assert [r["path"] for r in skipped_rows(params_file)] == ["draft-faq.txt", "drafts"]
+
+
+def test_files_of_other_suffixes_are_counted_per_suffix(
+    ingested: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kb = ingested.parent / "my_kb"
+    for name in ("manual.pdf", "guides/Quickstart.PDF", "page.html", "Makefile"):
+        (kb / name).write_bytes(b"%PDF-1.4 or <html> or make")
+    (ingested.parent / "my_qa/extra.csv").write_text("id,question\n", encoding="utf-8")
+
+    out = ingest_skips(ingested, capsys)
+
+    params = load_params(ingested).ingest
+    assert (
+        f"ingest: {params.kb_folder}: skipped 4 files it cannot read: .pdf 2, (none) 1, .html 1 "
+        "(convert them to .md or .txt)"
+    ) in out
+    assert (
+        f"ingest: {params.qa_folder}: skipped 1 file it cannot read: .csv 1 "
+        "(QA records go in .jsonl files)"
+    ) in out
+    assert {(r["path"], r["detail"]) for r in skipped_rows(ingested)} == {
+        ("Makefile", "(none)"),
+        ("guides/Quickstart.PDF", ".pdf"),
+        ("manual.pdf", ".pdf"),
+        ("page.html", ".html"),
+        ("extra.csv", ".csv"),
+    }
+
+
+def test_a_kb_folder_of_unreadable_files_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params_file = make_project(tmp_path)
+    ingest.main(params_file)
+    kb = tmp_path / "my_kb"
+    shutil.rmtree(kb)
+    kb.mkdir()
+    (kb / "handbook.pdf").write_bytes(b"%PDF-1.4")
+    (kb / "handbook.docx").write_bytes(b"PK")
+    err = fails_cleanly(params_file, capsys)
+    assert (
+        f"error: {kb}: no .jsonl/.md/.markdown/.txt files in the KB folder; skipped 2 files it "
+        "cannot read: .docx 1, .pdf 1 (convert them to .md or .txt)"
+    ) in err

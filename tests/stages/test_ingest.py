@@ -12,7 +12,8 @@ from tasks import dedup, ingest, validate
 from tasks.lib.core.config import SplitParams, load_params
 from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
 from tasks.lib.kb import sources
-from tests.support.projects import make_project, write_jsonl
+from tasks.lib.kb.folder import NAMES_SHOWN, Skip, SkippedPath, skip_summary
+from tests.support.projects import make_project, project_mlflow_client, write_jsonl
 
 
 def test_packaged_default_builds_kb_and_leak_free_splits(tmp_path: Path) -> None:
@@ -176,6 +177,29 @@ def test_qa_folder_reads_every_file_in_sorted_order(tmp_path: Path) -> None:
     assert len(records) == 8 and "q-extra" in {r.id for r in records}
 
 
+def test_suffixes_in_any_case_and_markdown_spellings_are_read(tmp_path: Path) -> None:
+    params_file = make_project(tmp_path)
+    kb = tmp_path / "my_kb"
+    (kb / "Notes.MD").write_text("# Release notes\n\nVersion two adds a sensor.\n", "utf-8")
+    (kb / "Setup.Md").write_text("# Setting up\n\nPlug the widget in first.\n", "utf-8")
+    (kb / "guides/calibrate.markdown").write_text("# Calibration\n\nTurn the dial.\n", "utf-8")
+    (kb / "LICENSE.TXT").write_text("Free to use for any purpose.\n", "utf-8")
+    row = {"id": "loud", "title": "Loud", "text": "From a .JSONL file.", "source": "s"}
+    (kb / "MORE.JSONL").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    ingest.main(params_file)
+    docs = {d.id: d for d in read_docs(tmp_path / "data/kb/docs.jsonl")}
+    assert {i: docs[i].title for i in ("Notes", "Setup", "guides/calibrate", "LICENSE")} == {
+        "Notes": "Release notes",
+        "Setup": "Setting up",
+        "guides/calibrate": "Calibration",
+        "LICENSE": "LICENSE",
+    }
+    assert docs["guides/calibrate"].text == "Turn the dial."
+    assert docs["loud"].text == "From a .JSONL file."
+    assert len(docs) == 9 + 5
+    assert load_params(params_file).paths.ingest_skipped.read_text(encoding="utf-8") == ""
+
+
 def test_a_byte_order_mark_is_not_text(tmp_path: Path) -> None:
     """Windows editors start UTF-8 files with U+FEFF: it must not hide the heading, nor break
     the JSON of the first line of a KB or QA file."""
@@ -194,3 +218,72 @@ def test_a_byte_order_mark_is_not_text(tmp_path: Path) -> None:
     assert not any(bom in d.id + d.title + d.text for d in docs.values())
     records = [r for split in read_qa_splits(tmp_path / "data/qa").values() for r in split]
     assert "q0" in {r.id for r in records}
+
+
+def test_a_kb_folder_that_is_itself_a_link_is_read(tmp_path: Path) -> None:
+    params_file = make_project(tmp_path)
+    (tmp_path / "my_kb").rename(tmp_path / "real_kb")
+    (tmp_path / "my_kb").symlink_to(tmp_path / "real_kb", target_is_directory=True)
+    ingest.main(params_file)
+    assert len(read_docs(tmp_path / "data/kb/docs.jsonl")) == 9
+
+
+def test_skip_summary_names_the_first_few_and_counts_the_rest() -> None:
+    hidden = [SkippedPath(f".copy{i}", Skip.IGNORED, ".*") for i in range(NAMES_SHOWN + 2)]
+    (line,) = skip_summary(hidden, "convert them")
+    assert line == (
+        f"skipped {NAMES_SHOWN + 2} hidden or ignored paths (ingest.ignore): "
+        + ", ".join(f".copy{i}" for i in range(NAMES_SHOWN))
+        + " and 2 more"
+    )
+
+
+def test_skipped_paths_are_logged_to_mlflow(tmp_path: Path) -> None:
+    params_file = make_project(tmp_path, tracked=True)
+    kb = tmp_path / "my_kb"
+    (kb / "manual.pdf").write_bytes(b"%PDF-1.4")
+    (kb / ".notes.md").write_text("# Hidden\nA hidden doc.\n", "utf-8")
+    (kb / "outside.md").symlink_to(tmp_path / "params.yaml")
+    ingest.main(params_file)
+    client = project_mlflow_client(params_file)
+    experiment = client.get_experiment_by_name(load_params(params_file).tracking.experiment)
+    (run,) = client.search_runs([experiment.experiment_id], "tags.stage = 'ingest'")
+    metrics = run.data.metrics
+    assert {k: v for k, v in metrics.items() if k.startswith("skipped_")} == {
+        "skipped_outside": 1,
+        "skipped_unsupported": 1,
+        "skipped_unsupported_pdf": 1,
+        "skipped_ignored": 1,
+        "skipped_duplicate": 0,
+        "skipped_loop": 0,
+        "skipped_broken": 0,
+    }
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["skipped.jsonl"]
+
+
+def test_updates_folder_skips_like_the_kb_folder(tmp_path: Path) -> None:
+    params_file = make_project(tmp_path, ingest__updates_folder="feed")
+    feed = tmp_path / "feed"
+    (feed / ".ipynb_checkpoints").mkdir()
+    (feed / ".ipynb_checkpoints/faq-checkpoint.md").write_text("# FAQ\nOld copy.\n", "utf-8")
+    (feed / "Brochure.PDF").write_bytes(b"%PDF-1.4")
+    (feed / "faq.TXT").write_text("The widget is waterproof down to twenty metres.\n", "utf-8")
+    (feed / "deleted.txt").write_text("# nothing deleted yet\n", encoding="utf-8")
+    ingest.main(params_file)
+    docs = {d.id: d for d in read_docs(tmp_path / "data/kb/docs.jsonl")}
+    assert len(docs) == 9 and "twenty metres" in docs["faq"].text  # the edit replaced the doc
+    skipped = load_params(params_file).paths.ingest_skipped.read_text(encoding="utf-8")
+    assert [json.loads(line) for line in skipped.splitlines()] == [
+        {
+            "folder": "updates_folder",
+            "path": ".ipynb_checkpoints",
+            "reason": "ignored",
+            "detail": ".*",
+        },
+        {
+            "folder": "updates_folder",
+            "path": "Brochure.PDF",
+            "reason": "unsupported",
+            "detail": ".pdf",
+        },
+    ]

