@@ -77,7 +77,7 @@ def scan_folder(
     def skipping(path: Path, reason: Skip, detail: str = "") -> None:
         skipped.append(SkippedPath(path.relative_to(folder).as_posix(), reason, detail))
 
-    def visit(directory: Path, ancestors: frozenset[Path]) -> None:
+    def visit(directory: Path, real_directory: Path, ancestors: frozenset[Path]) -> None:
         try:
             entries = sorted(directory.iterdir())
         except OSError as err:
@@ -90,10 +90,14 @@ def scan_folder(
             if pattern is not None:
                 skipping(path, Skip.IGNORED, pattern)
                 continue
-            try:
-                real = Path(os.path.realpath(path, strict=True))
+            try:  # only a link can lead elsewhere: resolving every path costs a syscall each
+                real = (
+                    Path(os.path.realpath(path, strict=True))
+                    if path.is_symlink()
+                    else real_directory / path.name
+                )
             except FileNotFoundError:
-                skipping(path, Skip.BROKEN, os.readlink(path) if path.is_symlink() else "")
+                skipping(path, Skip.BROKEN, os.readlink(path))
                 continue
             except OSError:  # ELOOP: a chain of links that leads back to itself
                 skipping(path, Skip.LOOP)
@@ -104,7 +108,7 @@ def scan_folder(
                 if real in ancestors:
                     skipping(path, Skip.LOOP, real.relative_to(root).as_posix())
                 else:
-                    visit(path, ancestors | {real})
+                    visit(path, real, ancestors | {real})
             elif not real.is_file():
                 skipping(path, Skip.BROKEN, "not a regular file")
             elif path == skip:
@@ -114,7 +118,7 @@ def scan_folder(
             else:
                 names_of.setdefault(real, []).append(path)
 
-    visit(folder, frozenset({root}))
+    visit(folder, root, frozenset({root}))
     files = []
     for real, paths in names_of.items():
         at_home = [p for p in paths if p.relative_to(folder) == real.relative_to(root)]
