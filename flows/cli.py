@@ -98,8 +98,11 @@ def promote(
     with _user_errors():
         move = promote_version(client, name, version, by=_actor(), bundle=bundle)
     _notes(move.notes)
-    was = f" (was v{move.replaced})" if move.replaced else ""
-    typer.echo(f"{name}: v{move.version} is champion{was}")
+    if move.replaced == move.version:
+        typer.echo(f"{name}: v{move.version} is champion already (aliases checked)")
+    else:
+        was = f" (was v{move.replaced})" if move.replaced else ""
+        typer.echo(f"{name}: v{move.version} is champion{was}")
 
 
 @app.command()

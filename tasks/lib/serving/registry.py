@@ -191,13 +191,21 @@ def served_history(client: MlflowClient, name: str) -> tuple[list[str], list[str
     ]
     current = aliases(client, name).get(CHAMPION)
     if current is not None and kept[-1:] != [current]:
+        last = _named(kept[-1] if kept else None)
+        notes.append(
+            f"{name}@champion is v{current}, not {last} as on record: "
+            f"v{current} counts as the newest champion"
+        )
         kept.append(current)
-        notes.append(f"{name}@champion was moved outside ragloop to v{current}: kept in history")
     return [v for v, _ in groupby(kept)], notes
 
 
 def _named(version: str | None) -> str:
     return f"v{version}" if version else "none"
+
+
+def _listed(versions: Iterable[str]) -> str:
+    return ", ".join(_named(v) for v in versions) or "none"
 
 
 def _serving_writes(client: MlflowClient, name: str, history: list[str]) -> dict[Slot, str | None]:
@@ -339,12 +347,14 @@ def rollback(client: MlflowClient, name: str, by: str, bundle: str | None = None
     current = aliases(client, name).get(CHAMPION)
     earlier = history[:-1] if current is not None else history
     if not earlier:
-        known = "; ".join(notes) or f"champions on record: {', '.join(history) or 'none'}"
+        known = "; ".join(notes) or f"champions on record: {_listed(history)}"
         raise RegistryError(
             f"{name}: no earlier champion that still exists to roll back to ({known}): "
             "promote a version by hand (`ragloop promote --version N`)"
         )
     restored = earlier[-1]
+    if current is None:
+        notes.append(f"{name} has no champion alias: restoring the newest champion on record")
     _check_pinned(client, bundle, name, restored)
     writes = _serving_writes(client, name, earlier)
     event = {"action": "rollback", "version": restored, "previous": current, "by": by}

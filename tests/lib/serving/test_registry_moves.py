@@ -110,6 +110,7 @@ def test_rollback_skips_a_deleted_previous_champion(project: Path, client: Mlflo
     result = cli(project, "rollback")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "error: ragloop-rag: no earlier champion that still exists" in result.output
+    assert "(champions on record: v1)" in result.output
     assert state(client) == before
 
 
@@ -192,7 +193,7 @@ def test_rollback_after_the_alias_was_moved_by_hand(project: Path, client: Mlflo
     promote_all(client, "1", "2")
     client.set_registered_model_alias(RAG, CHAMPION, "3")  # in the UI
     status = cli(project, "status").output
-    assert f"note: {RAG}@champion was moved outside ragloop to v3: kept in history" in status
+    assert f"note: {RAG}@champion is v3, not v2 as on record: v3 counts as" in status
     assert "note: ragloop-retriever@champion is v2, but ragloop-rag v3 pins v3" in status
     history = cli(project, "history").output
     assert "champions, oldest first: v1, v2, v3" in history
@@ -217,7 +218,7 @@ def test_a_component_is_promoted_only_with_its_bundle(project: Path, client: Mlf
     ) in result.output
     assert aliases(client, RETRIEVER)[CHAMPION] == "2"
     result = cli(project, "promote", "--model", RETRIEVER, "--version", "2")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0 and "v2 is champion already" in result.output
     # A component moved in the UI: status says so, and promoting the champion again repairs it.
     client.set_registered_model_alias(RETRIEVER, CHAMPION, "1")
     assert "`ragloop promote --version 2` re-points it" in cli(project, "status").output
@@ -269,3 +270,16 @@ def test_register_refuses_when_the_champion_moves_while_it_judges(
         register.main(project)
     assert aliases(client, RAG)[CHAMPION] == "2"
     assert_consistent(client)
+
+
+def test_rollback_after_the_champion_was_deleted(project: Path, client: MlflowClient) -> None:
+    promote_all(client, "1", "2", "3")
+    client.delete_model_version(RAG, "3")
+    result = cli(project, "rollback")
+    assert result.exit_code == 0, result.output
+    assert "ragloop-rag has no champion alias: restoring the newest champion on record" in (
+        result.output
+    )
+    assert f"{RAG}: v2 is champion again (no champion alias before)" in result.output
+    assert_consistent(client)
+    assert aliases(client, RAG)[PREVIOUS] == "1"
