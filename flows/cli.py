@@ -165,6 +165,7 @@ def history(
     from tasks.lib.serving.registry import (
         CHAMPION,
         aliases,
+        named_versions,
         promotion_events,
         registry_client,
         served_history,
@@ -188,7 +189,7 @@ def history(
         for note in event.get("notes", []):
             typer.echo(f"    reconciled: {note}")
     champions, _ = served_history(client, name)
-    typer.echo(f"champions, oldest first: {', '.join(f'v{v}' for v in champions) or 'none'}")
+    typer.echo(f"champions, oldest first: {named_versions(champions)}")
     _notes(serving_notes(client, name))
     champion = aliases(client, name).get(CHAMPION)
     typer.echo(f"champion now: v{champion}" if champion else "no champion now")

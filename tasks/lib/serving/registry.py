@@ -204,7 +204,8 @@ def _named(version: str | None) -> str:
     return f"v{version}" if version else "none"
 
 
-def _listed(versions: Iterable[str]) -> str:
+def named_versions(versions: Iterable[str]) -> str:
+    """"v1, v3", as messages and `ragloop history` name versions."""
     return ", ".join(_named(v) for v in versions) or "none"
 
 
@@ -347,7 +348,7 @@ def rollback(client: MlflowClient, name: str, by: str, bundle: str | None = None
     current = aliases(client, name).get(CHAMPION)
     earlier = history[:-1] if current is not None else history
     if not earlier:
-        known = "; ".join(notes) or f"champions on record: {_listed(history)}"
+        known = "; ".join(notes) or f"champions on record: {named_versions(history)}"
         raise RegistryError(
             f"{name}: no earlier champion that still exists to roll back to ({known}): "
             "promote a version by hand (`ragloop promote --version N`)"
