@@ -205,7 +205,7 @@ def _named(version: str | None) -> str:
 
 
 def named_versions(versions: Iterable[str]) -> str:
-    """"v1, v3", as messages and `ragloop history` name versions."""
+    """ "v1, v3", as messages and `ragloop history` name versions."""
     return ", ".join(_named(v) for v in versions) or "none"
 
 
