@@ -205,7 +205,7 @@ def _named(version: str | None) -> str:
 
 
 def named_versions(versions: Iterable[str]) -> str:
-    """ "v1, v3", as messages and `ragloop history` name versions."""
+    """Versions as messages and `ragloop history` name them: "v1, v3" (or "none")."""
     return ", ".join(_named(v) for v in versions) or "none"
 
 
