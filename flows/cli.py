@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,13 +68,21 @@ def _actor() -> str:
         return "manual"
 
 
-def _registry(model: str | None, params_file: Path) -> tuple[MlflowClient, str]:
-    """A client on the project's registry, and the model asked for (default register.judged)."""
+def _registry(model: str | None, params_file: Path) -> tuple[MlflowClient, str, str]:
+    """A client on the project's registry, the model asked for (default register.judged), and
+    the serving bundle (register.judged), whose champion's pins its components follow."""
     from tasks.lib.serving.registry import registry_client
 
     settings = _load(params_file)
+    bundle = settings.register_.judged
     with _user_errors():
-        return registry_client(settings), model or settings.register_.judged
+        return registry_client(settings), model or bundle, bundle
+
+
+def _notes(notes: Iterable[str]) -> None:
+    """What a command reconciled or found out of line, one line each."""
+    for note in notes:
+        typer.echo(f"note: {note}")
 
 
 @app.command()
@@ -86,10 +94,15 @@ def promote(
     """Make a version the champion by hand (the gate is bypassed; the old one stays restorable)."""
     from tasks.lib.serving.registry import promote as promote_version
 
-    client, name = _registry(model, params)
+    client, name, bundle = _registry(model, params)
     with _user_errors():
-        replaced = promote_version(client, name, version, by=_actor())
-    typer.echo(f"{name}: v{version} is champion" + (f" (was v{replaced})" if replaced else ""))
+        move = promote_version(client, name, version, by=_actor(), bundle=bundle)
+    _notes(move.notes)
+    if move.replaced == move.version:
+        typer.echo(f"{name}: v{move.version} is champion already (aliases checked)")
+    else:
+        was = f" (was v{move.replaced})" if move.replaced else ""
+        typer.echo(f"{name}: v{move.version} is champion{was}")
 
 
 @app.command()
@@ -100,23 +113,26 @@ def rollback(
     """Put the previous champion back."""
     from tasks.lib.serving.registry import rollback as rollback_model
 
-    client, name = _registry(model, params)
+    client, name, bundle = _registry(model, params)
     with _user_errors():
-        retired, restored = rollback_model(client, name, by=_actor())
-    typer.echo(f"{name}: v{restored} is champion again (v{retired} retired)")
+        move = rollback_model(client, name, by=_actor(), bundle=bundle)
+    _notes(move.notes)
+    retired = f"v{move.replaced} retired" if move.replaced else "no champion alias before"
+    typer.echo(f"{name}: v{move.version} is champion again ({retired})")
 
 
 @app.command()
 def status(params: Path = PARAMS_OPTION) -> None:
     """Champion, challenger and previous champion of each registered model, with metrics."""
     from tasks.lib.core.tracking import metric_key
-    from tasks.lib.serving.registry import registry_client
+    from tasks.lib.serving.registry import registry_client, serving_notes
     from tasks.lib.serving.registry import status as registry_status
 
     settings = _load(params)
     gate = settings.register_.gate
     shown = [metric_key(m) for m in [*gate.primary, *gate.tracked]]
-    rows = registry_status(registry_client(settings), settings.register_.models)
+    client = registry_client(settings)
+    rows = registry_status(client, settings.register_.models)
     if not rows:
         typer.echo("no registered versions yet: run the pipeline (`dvc repro` or the flow)")
         return
@@ -125,6 +141,7 @@ def status(params: Path = PARAMS_OPTION) -> None:
         values = " ".join(f"{m}={row.metrics[m]:.4f}" for m in shown if m in row.metrics)
         run = f"run {row.run_id[:12]}" if row.run_id else "no run"
         typer.echo(f"{row.model:20s} {row.alias:17s} v{row.version:<4s} {values}  ({run})")
+    _notes(serving_notes(client, settings.register_.judged))
 
 
 def _decision_text(decision: dict | None) -> str:
@@ -145,7 +162,15 @@ def history(
 ) -> None:
     """Every champion move, oldest first: which version served from when, who moved it, and the
     gate's numbers."""
-    from tasks.lib.serving.registry import CHAMPION, aliases, promotion_events, registry_client
+    from tasks.lib.serving.registry import (
+        CHAMPION,
+        aliases,
+        named_versions,
+        promotion_events,
+        registry_client,
+        served_history,
+        serving_notes,
+    )
 
     settings = _load(params)
     name = model or settings.register_.judged
@@ -161,6 +186,11 @@ def history(
             f"#{event['n']} {event['at']}  v{event['version']} champion (was {was})  "
             f"{event['action']} by {event['by']}" + _decision_text(event["decision"])
         )
+        for note in event.get("notes", []):
+            typer.echo(f"    reconciled: {note}")
+    champions, _ = served_history(client, name)
+    typer.echo(f"champions, oldest first: {named_versions(champions)}")
+    _notes(serving_notes(client, name))
     champion = aliases(client, name).get(CHAMPION)
     typer.echo(f"champion now: v{champion}" if champion else "no champion now")
 

@@ -40,7 +40,7 @@ from tasks.lib.serving.registry import (
     CHAMPION,
     TEST_SPLIT_TAG,
     aliases,
-    promote,
+    promote_judged,
     register_models,
     register_pinned,
     registry_client,
@@ -90,13 +90,14 @@ def scores_of(
 def champion_reference(
     client: MlflowClient,
     model: str,
+    current: str | None,
     scores: dict[tuple[str, str], SystemScores],
     test_split: str | None,
     params: Params,
 ) -> tuple[bool, SystemScores | None, str]:
     """(comparable, the champion's test scores or None when there is no champion, how they
-    were found). `test_split` None: only a re-score will do."""
-    current = aliases(client, model).get(CHAMPION)
+    were found), for `current`, the champion the stage read once and will promote over.
+    `test_split` None: only a re-score will do."""
     rescored = scores.get((TEST_SET, RESCORED_CHAMPION))
     if rescored is not None:
         if rescored.version != current:
@@ -124,6 +125,7 @@ def champion_reference(
 def judge_model(
     client: MlflowClient,
     model: str,
+    current: str | None,
     scores: dict[tuple[str, str], SystemScores],
     test_split: str,
     params: Params,
@@ -133,7 +135,9 @@ def judge_model(
     gate = params.register_.gate
     candidate = scores_of(scores, TEST_SET, gate.candidate, where)
     questions = {TEST_SET: len(candidate.ids)}
-    comparable, champion, how = champion_reference(client, model, scores, test_split, params)
+    comparable, champion, how = champion_reference(
+        client, model, current, scores, test_split, params
+    )
     if not comparable:
         return refusal("model", how, questions, gate.confidence)
     if champion is None:
@@ -152,6 +156,7 @@ def judge_model(
 def judge_refresh(
     client: MlflowClient,
     model: str,
+    current: str | None,
     scores: dict[tuple[str, str], SystemScores],
     change_size: int,
     params: Params,
@@ -161,7 +166,7 @@ def judge_refresh(
     gate = params.register_.gate
     candidate = scores_of(scores, TEST_SET, gate.candidate, where)
     questions = {TEST_SET: len(candidate.ids), CHANGE_SET: change_size}
-    comparable, champion, how = champion_reference(client, model, scores, None, params)
+    comparable, champion, how = champion_reference(client, model, current, scores, None, params)
     if not comparable or champion is None:
         return refusal("refresh", how, questions, gate.confidence)
     change, change_champion = EMPTY, EMPTY
@@ -180,10 +185,11 @@ def judge_refresh(
     return decision
 
 
-def refresh_pins(client: MlflowClient, model: str, bundle: Path) -> dict[str, str]:
+def refresh_pins(
+    client: MlflowClient, model: str, champion: str | None, bundle: Path
+) -> dict[str, str]:
     """The refreshed bundle's component versions, which must be the champion's own."""
     pins = pinned_components(bundle)
-    champion = aliases(client, model).get(CHAMPION)
     if champion is None:
         raise InputError(f"{model}: no champion to refresh; run the pipeline first")
     serving = version_pins(client, model, champion)
@@ -258,20 +264,26 @@ def main(
         run.log_metrics(change or {}, prefix=f"{CHANGE_SET}.")
         run.log_artifact(scores_path, SCORES_ARTIFACT)
         client = registry_client(params)
+        # Read once: the gate judges against this champion, and promotes only over it.
+        champion = aliases(client, reg.judged).get(CHAMPION)
         if refresh:
-            pins = refresh_pins(client, reg.judged, bundle_dir)
+            pins = refresh_pins(client, reg.judged, champion, bundle_dir)
             versions = {
                 reg.judged: register_pinned(client, run.run_id, reg.judged, bundle_dir, pins)
             }
             change_size = int(change["n"]) if change else 0
-            decision = judge_refresh(client, reg.judged, scores, change_size, params, scores_path)
+            decision = judge_refresh(
+                client, reg.judged, champion, scores, change_size, params, scores_path
+            )
         else:
             pin_into = pin_components if is_bundle(reg.models[reg.judged]) else None
             versions = register_models(client, run.run_id, reg.models, reg.judged, pin_into)
-            decision = judge_model(client, reg.judged, scores, test_split, params, scores_path)
+            decision = judge_model(
+                client, reg.judged, champion, scores, test_split, params, scores_path
+            )
         version = versions[reg.judged]
         if decision.promote:
-            promote(client, reg.judged, version, by="gate", decision=decision.summary())
+            promote_judged(client, reg.judged, version, champion, decision.summary())
         record_decision(client, run, reg.judged, version, decision)
         report = decision.to_dict() | {"model": reg.judged, "versions": versions}
         with atomic_path(out_file) as out:

@@ -203,7 +203,7 @@ def test_register_gate_promote_rollback_round_trip(on_server: MlflowClient, tmp_
     assert aliases(on_server, bundle)[CHAMPION] == v1 and PREVIOUS not in aliases(on_server, bundle)
     assert aliases(on_server, "ragloop-retriever")[CHAMPION] == retriever_v1  # pins follow
     result = runner.invoke(app, ["rollback", "--params", str(params_file)])
-    assert result.exit_code == 1 and "no previous champion" in result.output
+    assert result.exit_code == 1 and "no earlier champion" in result.output
     result = runner.invoke(app, ["promote", "--version", v2, "--params", str(params_file)])
     assert result.exit_code == 0 and f"v{v2} is champion (was v{v1})" in result.output
     assert champion_history(on_server, bundle) == [v1, v2]
@@ -223,8 +223,9 @@ def test_alias_moved_by_hand_is_kept_in_history(on_server: MlflowClient, tmp_pat
 
     versions = [register_folder(on_server, name, folder, run.info.run_id) for _ in range(3)]
     on_server.set_registered_model_alias(name, CHAMPION, versions[0])  # e.g. in the UI
-    assert promote(on_server, name, versions[2], by="manual") == versions[0]
-    assert rollback(on_server, name, by="test") == (versions[2], versions[0])
+    assert promote(on_server, name, versions[2], by="manual").replaced == versions[0]
+    back = rollback(on_server, name, by="test")
+    assert (back.replaced, back.version) == (versions[2], versions[0])
     with pytest.raises(RegistryError):
         rollback(on_server, name, by="test")
     assert [row.alias for row in status(on_server, [name, "never-registered"])] == [CHAMPION]
