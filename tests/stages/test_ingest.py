@@ -174,3 +174,21 @@ def test_qa_folder_reads_every_file_in_sorted_order(tmp_path: Path) -> None:
     ingest.main(params_file)
     records = [r for split in read_qa_splits(tmp_path / "data/qa").values() for r in split]
     assert len(records) == 8 and "q-extra" in {r.id for r in records}
+
+
+def test_unicode_line_breaks_in_text_pass_ingest_validate_and_dedup(tmp_path: Path) -> None:
+    """U+2028, U+2029 and U+0085 are line breaks to str.splitlines, text inside JSON."""
+    params_file = make_project(tmp_path)
+    prose = "The beacon turns once a minute and is seen twenty miles out at sea on clear nights."
+    text = f"{prose}\u2028Second line.\u2029Next paragraph.\u0085End of the text, after all."
+    (tmp_path / "my_kb/beacon.md").write_text(f"# Beacon\u2028light\n\n{text}\n", "utf-8")
+    row = {"id": "j2", "title": "J two", "text": f"Raw in JSONL:\u2028{prose}", "source": "s"}
+    write_jsonl(tmp_path / "my_kb/more.jsonl", [row])
+    ingest.main(params_file)
+    validate.main(params_file)
+    dedup.main(params_file)
+    paths = load_params(params_file).paths
+    for path in (paths.kb_docs, paths.retrieval_docs):
+        docs = {d.id: d for d in read_docs(path)}
+        assert docs["beacon"].title == "Beacon\u2028light" and docs["beacon"].text == text
+        assert docs["j2"].text == row["text"]

