@@ -163,9 +163,9 @@ def deduplicate(
     for split in ("dev", "test"):  # later stages tune and score on them
         if qa_splits[split] and not valid_splits[split]:
             raise InputError(
-                f"dedup: the {split} split has no question left: its {len(qa_splits[split])} "
-                "cite only docs validate quarantined: fix those docs (validate lists them), or "
-                "set their check in validate.on_failure to stop"
+                f"dedup: the {split} split has no question left: its questions "
+                f"({len(qa_splits[split])}) cite only docs validate quarantined: fix those docs "
+                "(validate lists them), or set their check in validate.on_failure to stop"
             )
     dropped = quarantined + duplicates
     metrics = {

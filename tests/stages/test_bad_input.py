@@ -246,6 +246,7 @@ def test_qa_set_whose_split_comes_out_empty(
         ("tracking", "enabled", "no", "Input should be a valid boolean"),
         ("dedup", "threshold", "0.5", "Input should be a valid number"),
     ],
+    ids=["int", "bool", "float"],
 )
 def test_params_scalars_are_not_coerced(
     ingested: Path,
@@ -257,7 +258,7 @@ def test_params_scalars_are_not_coerced(
 ) -> None:
     edit_params(ingested, section, key, value)
     err = fails_cleanly(ingested, capsys, stage=dedup.main)
-    assert f"{section}.{key}: {message} (got {value!r})" in err
+    assert f"{section}.{key}: {message} (got {value!r}): write " in err and "without quotes" in err
 
 
 def test_params_keep_json_number_and_path_types(tmp_path: Path) -> None:
@@ -284,4 +285,4 @@ def test_quarantine_that_empties_a_split(
     ]
     paths.validate_quarantine.write_text("".join(json.dumps(q) + "\n" for q in quarantined))
     err = fails_cleanly(ingested, capsys, stage=dedup.main)
-    assert f"error: dedup: the dev split has no question left: its {len(dev)} cite only" in err
+    assert f"error: dedup: the dev split has no question left: its questions ({len(dev)})" in err

@@ -540,6 +540,13 @@ class Params(Section):
         return self._project_dir
 
 
+_UNQUOTED = {  # strict type error -> the fix for a scalar quoted in YAML
+    "int_type": "write the number without quotes",
+    "float_type": "write the number without quotes",
+    "bool_type": "write true or false, without quotes",
+}
+
+
 def load_params(path: Path = Path("params.yaml")) -> Params:
     """Read and check `params.yaml`; errors name the file and the dotted key."""
     try:
@@ -562,5 +569,7 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
         problems = []
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            problems.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+            quoted = isinstance(e.get("input"), str) and e["type"] in _UNQUOTED
+            fix = f": {_UNQUOTED[e['type']]}" if quoted else ""
+            problems.append(f"  {key}: {e['msg']} (got {e.get('input')!r}){fix}")
         raise InputError(f"{path}: invalid params\n" + "\n".join(problems)) from err
