@@ -21,7 +21,7 @@ from datasketch import MinHash, MinHashLSH
 from tqdm import tqdm
 
 from tasks.lib.core.config import DedupParams, load_params
-from tasks.lib.core.io import atomic_path, run_stage, write_json, write_jsonl
+from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json, write_jsonl
 from tasks.lib.core.records import (
     Doc,
     QARecord,
@@ -160,6 +160,13 @@ def deduplicate(
     kept_id = {d.id: d.kept_id for d in duplicates}
     kept_docs = [doc for doc in valid_docs if doc.id not in kept_id]
     remapped = {split: remap_qa(records, kept_id) for split, records in valid_splits.items()}
+    for split in ("dev", "test"):  # later stages tune and score on them
+        if qa_splits[split] and not valid_splits[split]:
+            raise InputError(
+                f"dedup: the {split} split has no question left: its questions "
+                f"({len(qa_splits[split])}) cite only docs validate quarantined: fix those docs "
+                "(validate lists them), or set their check in validate.on_failure to stop"
+            )
     dropped = quarantined + duplicates
     metrics = {
         "docs_in": len(docs),

@@ -18,8 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tasks.lib.core.answers import answer_in_text
-from tasks.lib.core.config import Params, SplitParams, load_params
-from tasks.lib.core.io import atomic_path, run_stage, write_jsonl
+from tasks.lib.core.config import IngestParams, Params, SplitParams, load_params
+from tasks.lib.core.io import InputError, atomic_path, run_stage, write_jsonl
 from tasks.lib.core.records import SPLITS, Doc, QARecord
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.kb.folder import SkippedByFolder, skip_metrics, skip_summary
@@ -55,11 +55,29 @@ def split_by_group(records: list[QARecord], split: SplitParams) -> dict[str, lis
     return {name: by_split[name] for name in SPLITS}
 
 
+def check_evaluation_splits(splits: dict[str, list[QARecord]], params: IngestParams) -> None:
+    """With a QA set, dev and test must hold questions: later stages tune and score on them.
+    Without one every split is empty, and generated questions take their place."""
+    if not any(splits.values()):
+        return
+    groups = len({r.group for records in splits.values() for r in records})
+    source = params.qa_folder if params.source == "folder" else "the packaged QA set"
+    for name in ("dev", "test"):
+        if not splits[name]:
+            raise InputError(
+                f"ingest: the {name} split is empty: {source} has {groups} QA groups, and "
+                f"ingest.split (train {params.split.train}, dev {params.split.dev}, test the "
+                f"rest) leaves none for {name}: add QA records in more groups, or change "
+                "ingest.split"
+            )
+
+
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     with stage_run("ingest", params) as run:
         docs, records, edits, skipped = load_sources(params.ingest)
         splits = split_by_group(mark_answerable(records, docs), params.ingest.split)
+        check_evaluation_splits(splits, params.ingest)
         write_outputs(params, docs, splits, edits, skipped)
         run.log_artifact(params.paths.ingest_skipped)
         run.log_metrics(

@@ -42,6 +42,7 @@ from tasks.lib.core.records import (
     Doc,
     QARecord,
     QuestionKind,
+    normalize_question,
     read_docs,
     read_qa_splits,
     write_qa_sources,
@@ -50,7 +51,6 @@ from tasks.lib.core.tracking import stage_run
 from tasks.lib.generation.doc_queries import (
     generate_questions,
     load_base_generator,
-    normalize_question,
     sample_docs,
 )
 from tasks.lib.kb.generated import answer_questions, generated_triples, split_by_doc

@@ -36,13 +36,12 @@ import torch
 
 from tasks.lib.core.config import PathsParams, load_params
 from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json, write_jsonl
-from tasks.lib.core.records import QARecord, read_docs, read_qa_splits
+from tasks.lib.core.records import QARecord, normalize_question, read_docs, read_qa_splits
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.generation.doc_queries import (
     filter_questions,
     generate_questions,
     load_base_generator,
-    normalize_question,
     sample_docs,
 )
 from tasks.lib.retrieval.retriever import Fusion, Retriever, round_trip_ranks

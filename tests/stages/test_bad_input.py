@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from tasks import dedup, ingest, validate
-from tasks.lib.core.config import load_params
+from tasks.lib.core.config import PROJECT_DIR, Params, load_params
 from tasks.lib.core.io import run_stage
-from tasks.lib.core.records import read_docs
+from tasks.lib.core.records import read_docs, read_qa_splits
 from tests.support.projects import REPO, make_project
 
 
@@ -343,3 +343,112 @@ def test_a_kb_folder_of_unreadable_files_only(
         f"error: {kb}: no .jsonl/.md/.markdown/.txt files in the KB folder; skipped 2 files it "
         "cannot read: .docx 1, .pdf 1 (convert them to .md or .txt)"
     ) in err
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('"\\ud800"', "field 'text': lone surrogate escape \\ud800"),
+        ("9" * 5000, "an integer of more than 4300 digits"),
+        ("NaN", "NaN is not a JSON number"),
+        ("-Infinity", "-Infinity is not a JSON number"),
+        ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply for this reader"),
+    ],
+    ids=["lone-surrogate", "huge-int", "nan", "-inf", "nesting"],
+)
+def test_json_that_python_reads_but_later_stages_cannot(
+    ingested: Path, capsys: pytest.CaptureFixture[str], value: str, message: str
+) -> None:
+    line = '{"id": "x", "title": "X", "source": "s", "text": ' + value + "}"
+    append_line(ingested.parent / "my_kb/docs.jsonl", line.encode())
+    err = fails_cleanly(ingested, capsys)
+    assert f"my_kb/docs.jsonl:8: {message}" in err and err.startswith("error: ")
+
+
+def test_qa_without_gold_doc(ingested: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    row = {"id": "q9", "question": "Where?", "answers": ["a"], "doc_ids": [], "group": "g9"}
+    append_line(ingested.parent / "my_qa/qa.jsonl", json.dumps(row).encode())
+    err = fails_cleanly(ingested, capsys)
+    assert "my_qa/qa.jsonl:8: field 'doc_ids' is empty: a QA record needs the id of at least" in err
+
+
+def test_one_question_under_two_groups(ingested: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    row = {
+        "id": "q9",
+        "question": "what  is a GLACIER?",
+        "answers": ["ice"],
+        "doc_ids": ["glacier"],
+    }
+    write_later = ingested.parent / "my_qa/later.jsonl"
+    write_later.write_text(json.dumps(row | {"group": "g9"}) + "\n", encoding="utf-8")
+    err = fails_cleanly(ingested, capsys)
+    # QA files are read in sorted order: later.jsonl first.
+    assert "my_qa/qa.jsonl:4: record 'q3' (group 'g3') asks the question of record 'q9' " in err
+    assert "(group 'g9', " in err and "my_qa/later.jsonl:1), 'What is a glacier?'" in err
+    assert "give both the same group, or drop one" in err
+
+    write_later.write_text(json.dumps(row | {"group": "g3"}) + "\n", encoding="utf-8")
+    ingest.main(ingested)  # the same group: both questions land in one split
+
+
+@pytest.mark.parametrize(
+    ("fractions", "empty"),
+    [({"train": 0.6, "dev": 0.05}, "dev"), ({"train": 0.8, "dev": 0.15}, "test")],
+)
+def test_qa_set_whose_split_comes_out_empty(
+    ingested: Path, capsys: pytest.CaptureFixture[str], fractions: dict[str, float], empty: str
+) -> None:
+    edit_params(ingested, "ingest", "split", fractions | {"seed": 0})  # 7 groups
+    err = fails_cleanly(ingested, capsys)
+    assert f"error: ingest: the {empty} split is empty: " in err
+    assert "my_qa has 7 QA groups" in err
+    assert "add QA records in more groups, or change ingest.split" in err
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("finetune_retriever", "batch_size", "128", "Input should be a valid integer"),
+        ("tracking", "enabled", "no", "Input should be a valid boolean"),
+        ("dedup", "threshold", "0.5", "Input should be a valid number"),
+    ],
+    ids=["int", "bool", "float"],
+)
+def test_params_scalars_are_not_coerced(
+    ingested: Path,
+    capsys: pytest.CaptureFixture[str],
+    section: str,
+    key: str,
+    value: str,
+    message: str,
+) -> None:
+    edit_params(ingested, section, key, value)
+    err = fails_cleanly(ingested, capsys, stage=dedup.main)
+    assert f"{section}.{key}: {message} (got {value!r}): write " in err and "without quotes" in err
+
+
+def test_params_keep_json_number_and_path_types(tmp_path: Path) -> None:
+    params_file = make_project(tmp_path, dedup__threshold=1)  # an integer is a float
+    params = load_params(params_file)
+    assert params.dedup.threshold == 1.0 and isinstance(params.dedup.threshold, float)
+    assert params.paths.kb_docs == tmp_path / "data/kb/docs.jsonl"
+    # The repo's own params mean under the strict loader what they meant to pydantic's lax one.
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    lax = Params.model_validate(raw, context={PROJECT_DIR: REPO})
+    assert load_params(REPO / "params.yaml") == lax
+
+
+def test_quarantine_that_empties_a_split(
+    ingested: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """validate quarantined every gold doc of the dev questions: dedup says so, not a later
+    stage reading its empty dev split."""
+    paths = load_params(ingested).paths
+    dev = read_qa_splits(paths.qa_dir)["dev"]
+    quarantined = [
+        {"id": d, "expectation": "doc_min_chars", "column": "text", "value": "x", "rule": {}}
+        for d in sorted({d for r in dev for d in r.doc_ids})
+    ]
+    paths.validate_quarantine.write_text("".join(json.dumps(q) + "\n" for q in quarantined))
+    err = fails_cleanly(ingested, capsys, stage=dedup.main)
+    assert f"error: dedup: the dev split has no question left: its questions ({len(dev)})" in err

@@ -9,7 +9,7 @@ import yaml
 
 from tasks import synthesize_queries as sq
 from tasks.lib.core.config import load_params
-from tasks.lib.core.records import Doc, QARecord
+from tasks.lib.core.records import Doc, QARecord, normalize_question
 from tasks.lib.generation import doc_queries as dq
 from tests.support.retrieval import repo_params
 
@@ -55,7 +55,7 @@ def test_round_trip_filter_keeps_questions_whose_doc_is_found() -> None:
     def ranks_of(questions: list[str], source_ids: list[str]) -> list[int | None]:
         return [ranks[s] for s in source_ids]
 
-    forbidden = {dq.normalize_question("What is the test question?")}
+    forbidden = {normalize_question("What is the test question?")}
     kept, rejected = dq.filter_questions(docs, generated, ranks_of, 5, forbidden)
     assert [(r.id, r.question, r.doc_ids) for r in kept] == [("syn:a", "Where is a?", ["a"])]
     assert {r["doc_id"]: r["reason"] for r in rejected} == {

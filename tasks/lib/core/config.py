@@ -8,6 +8,7 @@ file), so the library receives absolute paths and never needs to know where the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -541,6 +542,13 @@ class Params(Section):
         return self._project_dir
 
 
+_UNQUOTED = {  # strict type error -> the fix for a scalar quoted in YAML
+    "int_type": "write the number without quotes",
+    "float_type": "write the number without quotes",
+    "bool_type": "write true or false, without quotes",
+}
+
+
 def load_params(path: Path = Path("params.yaml")) -> Params:
     """Read and check `params.yaml`; errors name the file and the dotted key."""
     try:
@@ -551,11 +559,19 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
         raise InputError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    # Validated as a JSON document, strictly: "128" is no integer and "no" (quoted; unquoted
+    # YAML reads it as false) no boolean, while an integer is a float, a string a path and a
+    # list a tuple. `default=str` writes what JSON lacks (a YAML date) as text.
+    document = json.dumps(raw, default=str)
     try:
-        return Params.model_validate(raw, context={PROJECT_DIR: path.resolve().parent})
+        return Params.model_validate_json(
+            document, strict=True, context={PROJECT_DIR: path.resolve().parent}
+        )
     except ValidationError as err:
         problems = []
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            problems.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+            quoted = isinstance(e.get("input"), str) and e["type"] in _UNQUOTED
+            fix = f": {_UNQUOTED[e['type']]}" if quoted else ""
+            problems.append(f"  {key}: {e['msg']} (got {e.get('input')!r}){fix}")
         raise InputError(f"{path}: invalid params\n" + "\n".join(problems)) from err

@@ -7,7 +7,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictStr, field_validator
+from pydantic_core import PydanticCustomError
 
 from tasks.lib.core.io import read_jsonl, read_text, write_json
 
@@ -41,6 +42,23 @@ class QARecord(BaseModel):
     doc_ids: list[StrictStr]
     group: StrictStr
     answerable: bool | None = None
+
+    @field_validator("doc_ids")
+    @classmethod
+    def _has_gold_doc(cls, doc_ids: list[str]) -> list[str]:
+        """A question without a gold passage cannot be scored by any retrieval metric."""
+        if not doc_ids:
+            raise PydanticCustomError(
+                "no_gold_doc",
+                "is empty: a QA record needs the id of at least one KB doc that answers it "
+                "(add it, or drop the record)",
+            )
+        return doc_ids
+
+
+def normalize_question(question: str) -> str:
+    """The form in which two spellings of one question compare equal."""
+    return " ".join(question.casefold().split())
 
 
 class QuarantinedDoc(BaseModel):

@@ -18,7 +18,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.lib.core.config import SynthesizeQueriesParams
-from tasks.lib.core.records import Doc, QARecord
+from tasks.lib.core.records import Doc, QARecord, normalize_question
 from tasks.lib.generation.generator import generate_answers, uses_chat_template
 from tasks.lib.generation.loader import load_generator
 
@@ -83,10 +83,6 @@ def clean_question(generated: str) -> str | None:
     if not question.endswith("?") or question.count("?") != 1:
         return None
     return question if _MIN_WORDS <= words <= _MAX_WORDS else None
-
-
-def normalize_question(question: str) -> str:
-    return " ".join(question.casefold().split())
 
 
 def filter_questions(

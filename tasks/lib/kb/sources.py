@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 
 from tasks.lib.core.assets import package_file
 from tasks.lib.core.config import IngestParams
-from tasks.lib.core.io import InputError, read_jsonl, read_text
-from tasks.lib.core.records import Doc, QARecord, read_qa, unlink_docs
+from tasks.lib.core.io import InputError, read_jsonl, read_jsonl_numbered, read_text, text_lines
+from tasks.lib.core.records import Doc, QARecord, normalize_question, unlink_docs
 from tasks.lib.kb.folder import (
     FolderScan,
     SkippedByFolder,
@@ -83,27 +83,30 @@ def qa_from_fanout(questions: list[dict[str, Any]], doc_ids: set[str]) -> list[Q
     """Single-hop sub-questions whose evidence page is a KB doc, one record per sub-question id.
 
     FanOutQA reuses a sub-question ("What is the capital of China?") under several top-level
-    questions. Those top-level questions are merged into one group, so the same question can
-    never be in train and in test.
+    questions, under one sub-question id or several. Those top-level questions are merged into
+    one group, so the same question can never be in train and in test.
     """
     found: dict[str, tuple[dict[str, Any], str]] = {}
     group_of: dict[str, str] = {}  # union-find over top-level ids
+    asked_in: dict[str, str] = {}  # normalized question -> the first top-level id asking it
 
     def root(top_id: str) -> str:
         while group_of.setdefault(top_id, top_id) != top_id:
             top_id = group_of[top_id]
         return top_id
 
+    def merge(top_a: str, top_b: str) -> None:
+        first, second = sorted((root(top_a), root(top_b)))
+        group_of[second] = first
+
     for top in questions:
         for sub in fanout_subquestions(top):
             title = (sub.get("evidence") or {}).get("title")
             if title not in doc_ids:
                 continue
-            if sub["id"] in found:
-                first, second = sorted((root(found[sub["id"]][1]), root(top["id"])))
-                group_of[second] = first
-            else:
-                found[sub["id"]] = (sub, top["id"])
+            found.setdefault(sub["id"], (sub, top["id"]))
+            merge(found[sub["id"]][1], top["id"])
+            merge(asked_in.setdefault(normalize_question(sub["question"]), top["id"]), top["id"])
     return [
         QARecord(
             id=sub["id"],
@@ -196,16 +199,34 @@ def qa_from_folder(
     folder: Path, doc_ids: set[str], ignore: Sequence[str]
 ) -> tuple[list[QARecord], list[SkippedPath]]:
     """Every QA file's records, in file order, and the paths skipped; ids unique across files,
-    gold docs in the KB."""
+    gold docs in the KB, and no question asked under two groups."""
     scan = scan_qa_folder(folder, ignore)
     records: list[QARecord] = []
     origin: dict[str, Path] = {}
+    asked_at: dict[str, tuple[QARecord, str]] = {}  # normalized question -> record, file:line
     for path in scan.files:
-        batch = read_qa(path)
+        numbered = read_jsonl_numbered(path, QARecord)
+        batch = [record for _, record in numbered]
         check_unique_ids(path, batch, origin)
         check_qa_references(batch, doc_ids, path)
+        for number, record in numbered:
+            check_one_group_per_question(record, f"{path}:{number}", asked_at)
         records.extend(batch)
     return records, scan.skipped
+
+
+def check_one_group_per_question(
+    record: QARecord, where: str, asked_at: dict[str, tuple[QARecord, str]]
+) -> None:
+    """The split goes by group: one question under two groups could be in train and in test."""
+    first, first_where = asked_at.setdefault(normalize_question(record.question), (record, where))
+    if first.group != record.group:
+        raise InputError(
+            f"{where}: record {record.id!r} (group {record.group!r}) asks the question of record "
+            f"{first.id!r} (group {first.group!r}, {first_where}), {record.question!r}: the "
+            "split could put one in train and the other in test; give both the same group, or "
+            "drop one"
+        )
 
 
 def read_deletions(path: Path) -> dict[str, int]:
@@ -216,7 +237,7 @@ def read_deletions(path: Path) -> dict[str, int]:
     if not path.is_file():
         return {}
     ids: dict[str, int] = {}
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
+    for number, line in text_lines(read_text(path)):
         doc_id = line.strip()
         if doc_id and not doc_id.startswith("#"):
             ids.setdefault(doc_id, number)

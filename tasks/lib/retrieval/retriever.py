@@ -36,7 +36,7 @@ from tasks.lib.core.config import (
     RetrievalMode,
     RetrievalParams,
 )
-from tasks.lib.core.io import InputError, read_text
+from tasks.lib.core.io import InputError, json_lines, read_text
 from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
 from tasks.lib.retrieval.index_store import (
     BM25_DIR,
@@ -178,7 +178,7 @@ class Retriever:
         dense_index = faiss.read_index(str(index_dir / FAISS_FILE))
         apply_search_params(dense_index, FaissParams.model_validate(manifest["faiss"]))
         bm25_index = bm25s.BM25.load(str(index_dir / BM25_DIR))
-        docs = [json.loads(line) for line in read_text(index_dir / DOCS_FILE).splitlines() if line]
+        docs = [doc for _, doc in json_lines(index_dir / DOCS_FILE)]
         return cls(model, dense_index, bm25_index, docs, manifest, fusion)
 
     @classmethod

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import mlflow
 from mlflow.models import Model
 
-from tasks.lib.core.io import InputError, read_text
+from tasks.lib.core.io import InputError, json_lines, read_text
 from tasks.lib.retrieval.index_store import DOCS_FILE
 from tasks.lib.retrieval.retriever import Retriever
 from tasks.lib.serving.bundle import COMPONENT_ROLES, COMPONENTS, FUSION, INDEX, bundle_retriever
@@ -78,7 +78,7 @@ def champion_state(client: MlflowClient, model: str) -> ChampionState | None:
     with tempfile.TemporaryDirectory(prefix="ragloop-champion.") as tmp:
         spec = json.loads(read_text(bundle_artifact(client, model, version, COMPONENTS, Path(tmp))))
         docs_file = bundle_artifact(client, model, version, INDEX, Path(tmp), DOCS_FILE)
-        docs = [json.loads(line) for line in read_text(docs_file).splitlines() if line]
+        docs = [doc for _, doc in json_lines(docs_file)]
     components = {}
     for role in COMPONENT_ROLES:
         pinned = spec[role]

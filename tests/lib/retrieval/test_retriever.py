@@ -9,9 +9,11 @@ import pytest
 import torch
 from ranx import Run, fuse
 
+from tasks.lib.retrieval.embedding_cache import EmbeddingCache
 from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
+from tasks.lib.retrieval.index_store import build_index
 from tasks.lib.retrieval.retriever import EncoderMismatchError, Fusion, Hit, Retriever, weighted_rrf
-from tests.support.retrieval import build_tiny_index, tiny_docs
+from tests.support.retrieval import build_tiny_index, tiny_docs, tiny_index_params
 
 FUSION = Fusion(rrf_k=60, dense_weight=0.7, bm25_weight=0.3, candidates=10)
 
@@ -107,3 +109,14 @@ def test_a_single_query_leaves_the_thread_settings_as_they_were(retriever: Retri
     before = torch.get_num_threads(), faiss.omp_get_max_threads()
     retriever.search("rings", k=1, mode="hybrid")  # runs on one thread inside
     assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+
+
+def test_index_docs_with_unicode_line_breaks_load_whole(tmp_path: Path, tiny_encoders) -> None:
+    """The index's docs.jsonl holds them raw; a reader splitting on them would cut a doc."""
+    docs = tiny_docs()
+    docs[0] = docs[0].model_copy(update={"text": f"{docs[0].text}\u2028line\u2029para\u0085end"})
+    model = load_encoder(str(tiny_encoders[0]), Path())
+    with EmbeddingCache(tmp_path / "cache") as cache:
+        build_index(docs, model, "tiny", cache, tiny_index_params(), tmp_path / "index", False)
+    loaded = Retriever.load(tmp_path / "index", FUSION, encoder=model).docs
+    assert [d["text"] for d in loaded] == [d.text for d in docs]
