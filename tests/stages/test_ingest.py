@@ -10,7 +10,7 @@ import pytest
 
 from tasks import dedup, ingest, validate
 from tasks.lib.core.config import SplitParams, load_params
-from tasks.lib.core.records import Doc, QARecord, normalize_question, read_docs, read_qa_splits
+from tasks.lib.core.records import Doc, QARecord, read_docs, read_qa_splits
 from tasks.lib.kb import sources
 from tasks.lib.kb.folder import NAMES_SHOWN, Skip, SkippedPath, skip_summary
 from tests.support.projects import make_project, project_mlflow_client, write_jsonl
@@ -305,30 +305,3 @@ def test_unicode_line_breaks_in_text_pass_ingest_validate_and_dedup(tmp_path: Pa
         docs = {d.id: d for d in read_docs(path)}
         assert docs["beacon"].title == "Beacon\u2028light" and docs["beacon"].text == text
         assert docs["j2"].text == row["text"]
-
-
-def test_packaged_questions_asked_twice_share_a_split(tmp_path: Path) -> None:
-    """FanOutQA asks "What is the capital of Russia?" under several sub-question ids."""
-    params_file = make_project(tmp_path, source="packaged")
-    ingest.main(params_file)
-    asked = {
-        name: {normalize_question(r.question) for r in split}
-        for name, split in read_qa_splits(tmp_path / "data/qa").items()
-    }
-    assert "what is the capital of russia?" in asked["train"] | asked["dev"] | asked["test"]
-    assert not asked["train"] & asked["test"] and not asked["train"] & asked["dev"]
-    assert not asked["dev"] & asked["test"]
-
-
-def test_one_question_under_two_subquestion_ids_merges_their_groups() -> None:
-    def top(top_id: str, sub_id: str, question: str, title: str) -> dict[str, object]:
-        sub = {"id": sub_id, "question": question, "answer": "x", "evidence": {"title": title}}
-        return {"id": top_id, "decomposition": [sub]}
-
-    questions = [
-        top("t2", "s2", "Capital of Russia?", "Russia"),
-        top("t1", "s1", "capital of  russia?", "Moscow"),
-        top("t3", "s3", "Other?", "Russia"),
-    ]
-    records = sources.qa_from_fanout(questions, {"Russia", "Moscow"})
-    assert [(r.id, r.group) for r in records] == [("s2", "t1"), ("s1", "t1"), ("s3", "t3")]

@@ -83,30 +83,27 @@ def qa_from_fanout(questions: list[dict[str, Any]], doc_ids: set[str]) -> list[Q
     """Single-hop sub-questions whose evidence page is a KB doc, one record per sub-question id.
 
     FanOutQA reuses a sub-question ("What is the capital of China?") under several top-level
-    questions, under one sub-question id or several. Those top-level questions are merged into
-    one group, so the same question can never be in train and in test.
+    questions. Those top-level questions are merged into one group, so the same question can
+    never be in train and in test.
     """
     found: dict[str, tuple[dict[str, Any], str]] = {}
     group_of: dict[str, str] = {}  # union-find over top-level ids
-    asked_in: dict[str, str] = {}  # normalized question -> the first top-level id asking it
 
     def root(top_id: str) -> str:
         while group_of.setdefault(top_id, top_id) != top_id:
             top_id = group_of[top_id]
         return top_id
 
-    def merge(top_a: str, top_b: str) -> None:
-        first, second = sorted((root(top_a), root(top_b)))
-        group_of[second] = first
-
     for top in questions:
         for sub in fanout_subquestions(top):
             title = (sub.get("evidence") or {}).get("title")
             if title not in doc_ids:
                 continue
-            found.setdefault(sub["id"], (sub, top["id"]))
-            merge(found[sub["id"]][1], top["id"])
-            merge(asked_in.setdefault(normalize_question(sub["question"]), top["id"]), top["id"])
+            if sub["id"] in found:
+                first, second = sorted((root(found[sub["id"]][1]), root(top["id"])))
+                group_of[second] = first
+            else:
+                found[sub["id"]] = (sub, top["id"])
     return [
         QARecord(
             id=sub["id"],
