@@ -34,20 +34,17 @@ PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="the project'
 
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
-    """A user-fixable error (bad params, a refused registry request) is one line and exit 1."""
-    from mlflow.exceptions import MlflowException
+    """Any failure of a command (bad params, a refused registry request, an unreachable store, a
+    file the OS refused, a bug) is one `error:` line and exit 1; RAGLOOP_DEBUG=1 adds the
+    traceback. typer's own exits and usage errors pass through."""
+    import click
 
-    from tasks.lib.core.io import InputError
-    from tasks.lib.serving.registry import RegistryError
+    from tasks.lib.core.io import reported_failures
 
-    try:
+    context = click.get_current_context(silent=True)
+    command = f"ragloop {context.info_name}" if context is not None else "ragloop"
+    with reported_failures(command, passthrough=(click.exceptions.Exit, click.ClickException)):
         yield
-    except (InputError, RegistryError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from err
-    except MlflowException as err:  # the store refused: say what it said, no traceback
-        typer.echo(f"error: MLflow: {err.message}", err=True)
-        raise typer.Exit(1) from err
 
 
 def _load(params_file: Path) -> Params:
@@ -116,7 +113,8 @@ def status(params: Path = PARAMS_OPTION) -> None:
     settings = _load(params)
     gate = settings.register_.gate
     shown = [metric_key(m) for m in [*gate.primary, *gate.tracked]]
-    rows = registry_status(registry_client(settings), settings.register_.models)
+    with _user_errors():
+        rows = registry_status(registry_client(settings), settings.register_.models)
     if not rows:
         typer.echo("no registered versions yet: run the pipeline (`dvc repro` or the flow)")
         return
@@ -149,8 +147,10 @@ def history(
 
     settings = _load(params)
     name = model or settings.register_.judged
-    client = registry_client(settings)
-    events = promotion_events(client, name)
+    with _user_errors():
+        client = registry_client(settings)
+        events = promotion_events(client, name)
+        champion = aliases(client, name).get(CHAMPION)
     if not events:
         typer.echo(f"{name}: no champion moves recorded yet")
         return
@@ -161,7 +161,6 @@ def history(
             f"#{event['n']} {event['at']}  v{event['version']} champion (was {was})  "
             f"{event['action']} by {event['by']}" + _decision_text(event["decision"])
         )
-    champion = aliases(client, name).get(CHAMPION)
     typer.echo(f"champion now: v{champion}" if champion else "no champion now")
 
 
@@ -184,17 +183,18 @@ def ask(
 
     settings = _load(params)
     name = settings.register_.judged
-    if bundle is not None:
-        uri = str(bundle)
-    else:
-        registry_client(settings)  # points mlflow at the project's store
-        uri = f"models:/{name}@{alias}"
-    try:
-        model = mlflow.pyfunc.load_model(uri)
-    except mlflow.exceptions.MlflowException as err:
-        typer.echo(f"error: cannot load {uri}: {err.message}", err=True)
-        raise typer.Exit(1) from err
-    (result,) = model.predict([question])
+    with _user_errors():
+        if bundle is not None:
+            uri = str(bundle)
+        else:
+            registry_client(settings)  # points mlflow at the project's store
+            uri = f"models:/{name}@{alias}"
+        try:
+            model = mlflow.pyfunc.load_model(uri)
+        except mlflow.exceptions.MlflowException as err:
+            typer.echo(f"error: cannot load {uri}: {err.message}", err=True)
+            raise typer.Exit(1) from err
+        (result,) = model.predict([question])
     typer.echo(result["answer"])
     typer.echo(f"sources ({uri}):")
     for rank, (doc_id, title) in enumerate(

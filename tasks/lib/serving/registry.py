@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.lib.core.config import Params
+from tasks.lib.core.io import InputError
 from tasks.lib.core.tracking import ensure_experiment, tracking_uri
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ PIN_PREFIX = "pin."
 TEST_SPLIT_TAG = "test_split"  # run tag: fingerprint of the split the metrics were computed on
 
 
-class RegistryError(Exception):
+class RegistryError(InputError):
     """A registry request that cannot be carried out as asked (the message says why)."""
 
 
