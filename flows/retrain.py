@@ -30,7 +30,7 @@ from prefect.runtime import flow_run
 
 from flows.kb_state import record_consumed_fingerprint, source_fingerprint
 from tasks.lib.core.config import Params, load_params
-from tasks.lib.core.io import DEBUG_HINT, run_stage
+from tasks.lib.core.io import run_stage, user_error_reported
 from tasks.lib.core.skipped import skipped_reason
 from tasks.lib.core.tracking import pipeline_run, run_url, tracking_uri
 
@@ -112,11 +112,7 @@ def run_dvc_stage(stage: str, project: Path) -> dict[str, Any]:
             logger.info("%s", line)
     output = "\n".join(tail)
     if process.returncode != 0:
-        # `tasks.lib.core.io.run_stage` reports every failure as a line "error: ..."; only an
-        # unexpected one (a crash, worth a retry) ends with the debug hint.
-        reported = [line for line in tail if line.startswith("error: ")]
-        input_error = bool(reported) and not any(line.endswith(DEBUG_HINT) for line in reported)
-        kind = StageInputError if input_error else StageFailed
+        kind = StageInputError if user_error_reported(tail) else StageFailed
         raise kind(f"stage {stage!r} failed (exit {process.returncode}):\n{output}")
     skipped = f"Stage '{stage}' didn't change, skipping" in output
     return {"stage": stage, "ran": not skipped}

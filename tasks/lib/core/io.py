@@ -220,6 +220,13 @@ def reported_failures(
         sys.exit(1)
 
 
+def user_error_reported(output: Iterable[str]) -> bool:
+    """Whether a stage's output lines report a failure its user must fix (a retry cannot help):
+    an `error:` line, and none of the unexpected kind, which ends with the debug hint."""
+    reported = [line for line in output if line.startswith("error: ")]
+    return bool(reported) and not any(line.rstrip().endswith(DEBUG_HINT) for line in reported)
+
+
 def entry_name(main: Callable[[], None]) -> str:
     """The name of the script `main` belongs to: `dedup` for `python -m tasks.dedup`."""
     module = getattr(main, "__module__", None) or "__main__"
