@@ -37,13 +37,9 @@ def _user_errors() -> Iterator[None]:
     """Any failure of a command (bad params, a refused registry request, an unreachable store, a
     file the OS refused, a bug) is one `error:` line and exit 1; RAGLOOP_DEBUG=1 adds the
     traceback. typer's own exits and usage errors pass through."""
-    import click
-
     from tasks.lib.core.io import reported_failures
 
-    context = click.get_current_context(silent=True)
-    command = f"ragloop {context.info_name}" if context is not None else "ragloop"
-    with reported_failures(command, passthrough=(click.exceptions.Exit, click.ClickException)):
+    with reported_failures("ragloop", passthrough=(typer.Exit, typer.Abort, typer.TyperException)):
         yield
 
 

@@ -117,6 +117,23 @@ def test_only_crashes_are_worth_a_retry(capsys: pytest.CaptureFixture[str]) -> N
     assert not user_error_reported(["Killed"])  # no line at all: the process died
 
 
+def test_cli_own_exits_pass_through_and_crashes_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ask` exits by itself when a bundle cannot load; a bundle that loads and then breaks is
+    an unexpected failure, reported as one."""
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    params_file = make_project(tmp_path)
+    missing = CliRunner().invoke(
+        app, ["ask", "q?", "--bundle", str(tmp_path / "none"), "--params", str(params_file)]
+    )
+    assert missing.exit_code == 1
+    assert missing.stderr.startswith(f"error: cannot load {tmp_path / 'none'}: ")
+    assert "failed: Exit" not in missing.stderr
+    usage = CliRunner().invoke(app, ["search", "q", "--mode", "dense2"])
+    assert usage.exit_code == 2 and "must be one of dense, bm25, hybrid" in usage.stderr
+
+
 @pytest.mark.parametrize("command", [["status"], ["ask", "what is a glacier?"], ["history"]])
 def test_cli_outside_a_project_is_one_error_line(
     command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

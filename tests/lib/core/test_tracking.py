@@ -316,12 +316,17 @@ def damage(store: Path) -> None:
 
 
 def test_damaged_sqlite_store_fails_before_any_work(
-    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    project: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Before the check a damaged store was only noticed where MLflow read the bad page."""
     params_file = make_project(tmp_path, tracked=True)
     store = tmp_path / "mlflow.db"
     ensure_experiment(load_params(project))  # the module's store exists, whatever ran before
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # which mlflow exported: the copy is the store now
+    capsys.readouterr()  # MLflow's own log of making that store
     shutil.copy(project.parent / "mlflow.db", store)  # a real store, as MLflow made it
     damage(store)
     ran: list[str] = []
