@@ -167,12 +167,13 @@ def write_json(path: Path, obj: Any) -> None:
 DEBUG_ENV = "RAGLOOP_DEBUG"  # "1": a failure prints its traceback too
 DEBUG_HINT = f"(set {DEBUG_ENV}=1 for the traceback)"  # ends every unexpected failure's line
 
+_MAKE_WRITABLE = "make that folder writable for this user (ls -ld, chmod, chown) and rerun"
 # What a user can do about a file the OS refused, by errno.
 _OS_FIXES = {
     errno.ENOSPC: "free space on that disk (df -h) and rerun",
     errno.EDQUOT: "the disk quota is used up: free space and rerun",
-    errno.EACCES: "make that folder writable for this user (ls -ld, chmod, chown) and rerun",
-    errno.EPERM: "make that folder writable for this user (ls -ld, chmod, chown) and rerun",
+    errno.EACCES: _MAKE_WRITABLE,
+    errno.EPERM: _MAKE_WRITABLE,
     errno.EROFS: "that file system is read-only: point `paths` in params.yaml at a writable one",
     errno.ENOTDIR: "a parent of that path is a file, not a folder: move the file away",
     errno.EEXIST: "a file stands where a folder is needed: move it away",
@@ -222,9 +223,11 @@ def reported_failures(
 
 def user_error_reported(output: Iterable[str]) -> bool:
     """Whether a stage's output lines report a failure its user must fix (a retry cannot help):
-    an `error:` line, and none of the unexpected kind, which ends with the debug hint."""
-    reported = [line for line in output if line.startswith("error: ")]
-    return bool(reported) and not any(line.rstrip().endswith(DEBUG_HINT) for line in reported)
+    an `error:` line, and no unexpected failure, whose message (maybe of several lines) ends
+    with the debug hint."""
+    lines = [line.rstrip() for line in output]
+    reported = any(line.startswith("error: ") for line in lines)
+    return reported and not any(line.endswith(DEBUG_HINT) for line in lines)
 
 
 def entry_name(main: Callable[[], None]) -> str:

@@ -113,7 +113,12 @@ def test_only_crashes_are_worth_a_retry(capsys: pytest.CaptureFixture[str]) -> N
         raise ZeroDivisionError("division by zero")
 
     assert user_error_reported(["ingest: 9 docs", *reported(bad_input)])
+
+    def crash_of_many_lines() -> None:
+        raise RuntimeError("the server said:\n  503 Service Unavailable")
+
     assert not user_error_reported(reported(crash))
+    assert not user_error_reported(reported(crash_of_many_lines))
     assert not user_error_reported(["Killed"])  # no line at all: the process died
 
 
