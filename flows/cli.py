@@ -34,20 +34,13 @@ PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="the project'
 
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
-    """A user-fixable error (bad params, a refused registry request) is one line and exit 1."""
-    from mlflow.exceptions import MlflowException
+    """Any failure of a command (bad params, a refused registry request, an unreachable store, a
+    file the OS refused, a bug) is one `error:` line and exit 1; RAGLOOP_DEBUG=1 adds the
+    traceback. typer's own exits and usage errors pass through."""
+    from tasks.lib.core.io import reported_failures
 
-    from tasks.lib.core.io import InputError
-    from tasks.lib.serving.registry import RegistryError
-
-    try:
+    with reported_failures("ragloop", passthrough=(typer.Exit, typer.Abort, typer.TyperException)):
         yield
-    except (InputError, RegistryError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from err
-    except MlflowException as err:  # the store refused: say what it said, no traceback
-        typer.echo(f"error: MLflow: {err.message}", err=True)
-        raise typer.Exit(1) from err
 
 
 def _load(params_file: Path) -> Params:
@@ -131,8 +124,10 @@ def status(params: Path = PARAMS_OPTION) -> None:
     settings = _load(params)
     gate = settings.register_.gate
     shown = [metric_key(m) for m in [*gate.primary, *gate.tracked]]
-    client = registry_client(settings)
-    rows = registry_status(client, settings.register_.models)
+    with _user_errors():
+        client = registry_client(settings)
+        rows = registry_status(client, settings.register_.models)
+        notes = serving_notes(client, settings.register_.judged)
     if not rows:
         typer.echo("no registered versions yet: run the pipeline (`dvc repro` or the flow)")
         return
@@ -141,7 +136,7 @@ def status(params: Path = PARAMS_OPTION) -> None:
         values = " ".join(f"{m}={row.metrics[m]:.4f}" for m in shown if m in row.metrics)
         run = f"run {row.run_id[:12]}" if row.run_id else "no run"
         typer.echo(f"{row.model:20s} {row.alias:17s} v{row.version:<4s} {values}  ({run})")
-    _notes(serving_notes(client, settings.register_.judged))
+    _notes(notes)
 
 
 def _decision_text(decision: dict | None) -> str:
@@ -174,8 +169,12 @@ def history(
 
     settings = _load(params)
     name = model or settings.register_.judged
-    client = registry_client(settings)
-    events = promotion_events(client, name)
+    with _user_errors():
+        client = registry_client(settings)
+        events = promotion_events(client, name)
+        champion = aliases(client, name).get(CHAMPION)
+        champions, _ = served_history(client, name)
+        notes = serving_notes(client, name)
     if not events:
         typer.echo(f"{name}: no champion moves recorded yet")
         return
@@ -188,10 +187,8 @@ def history(
         )
         for note in event.get("notes", []):
             typer.echo(f"    reconciled: {note}")
-    champions, _ = served_history(client, name)
     typer.echo(f"champions, oldest first: {named_versions(champions)}")
-    _notes(serving_notes(client, name))
-    champion = aliases(client, name).get(CHAMPION)
+    _notes(notes)
     typer.echo(f"champion now: v{champion}" if champion else "no champion now")
 
 
@@ -214,17 +211,18 @@ def ask(
 
     settings = _load(params)
     name = settings.register_.judged
-    if bundle is not None:
-        uri = str(bundle)
-    else:
-        registry_client(settings)  # points mlflow at the project's store
-        uri = f"models:/{name}@{alias}"
-    try:
-        model = mlflow.pyfunc.load_model(uri)
-    except mlflow.exceptions.MlflowException as err:
-        typer.echo(f"error: cannot load {uri}: {err.message}", err=True)
-        raise typer.Exit(1) from err
-    (result,) = model.predict([question])
+    with _user_errors():
+        if bundle is not None:
+            uri = str(bundle)
+        else:
+            registry_client(settings)  # points mlflow at the project's store
+            uri = f"models:/{name}@{alias}"
+        try:
+            model = mlflow.pyfunc.load_model(uri)
+        except mlflow.exceptions.MlflowException as err:
+            typer.echo(f"error: cannot load {uri}: {err.message}", err=True)
+            raise typer.Exit(1) from err
+        (result,) = model.predict([question])
     typer.echo(result["answer"])
     typer.echo(f"sources ({uri}):")
     for rank, (doc_id, title) in enumerate(

@@ -19,6 +19,7 @@ from typing import Any
 from prefect import flow
 
 from flows.retrain import run_pipeline
+from tasks.lib.core.io import run_stage
 
 TARGET = "refresh_register"  # the refresh gate: the flow runs what it needs
 
@@ -32,4 +33,4 @@ def refresh(params_file: str = "params.yaml") -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    refresh(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
+    run_stage(lambda: refresh(sys.argv[1] if len(sys.argv) > 1 else "params.yaml"))

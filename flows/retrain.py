@@ -30,6 +30,7 @@ from prefect.runtime import flow_run
 
 from flows.kb_state import record_consumed_fingerprint, source_fingerprint
 from tasks.lib.core.config import Params, load_params
+from tasks.lib.core.io import run_stage, user_error_reported
 from tasks.lib.core.skipped import skipped_reason
 from tasks.lib.core.tracking import pipeline_run, run_url, tracking_uri
 
@@ -42,7 +43,8 @@ class StageFailed(RuntimeError):
 
 
 class StageInputError(StageFailed):
-    """A stage rejected its input (bad data, bad params): retrying cannot help."""
+    """A stage reported a failure its user must fix (bad data or params, an unreachable store, a
+    full disk): retrying cannot help."""
 
 
 def pipeline_stages(project: Path, target: str | None = None) -> list[str]:
@@ -110,9 +112,7 @@ def run_dvc_stage(stage: str, project: Path) -> dict[str, Any]:
             logger.info("%s", line)
     output = "\n".join(tail)
     if process.returncode != 0:
-        # `tasks.lib.core.io.run_stage` reports user-fixable input errors as a line "error: ...".
-        input_error = any(line.startswith("error: ") for line in tail)
-        kind = StageInputError if input_error else StageFailed
+        kind = StageInputError if user_error_reported(tail) else StageFailed
         raise kind(f"stage {stage!r} failed (exit {process.returncode}):\n{output}")
     skipped = f"Stage '{stage}' didn't change, skipping" in output
     return {"stage": stage, "ran": not skipped}
@@ -239,4 +239,4 @@ def retrain(params_file: str = "params.yaml") -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    retrain(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
+    run_stage(lambda: retrain(sys.argv[1] if len(sys.argv) > 1 else "params.yaml"))

@@ -23,6 +23,7 @@ from flows.kb_state import SourceFingerprint, last_consumed_fingerprint, source_
 from flows.refresh import refresh
 from flows.retrain import retrain
 from tasks.lib.core.config import Params, load_params
+from tasks.lib.core.io import run_stage
 
 
 def has_champion(params: Params) -> bool:
@@ -71,4 +72,4 @@ def watch(params_file: str = "params.yaml") -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    watch(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
+    run_stage(lambda: watch(sys.argv[1] if len(sys.argv) > 1 else "params.yaml"))

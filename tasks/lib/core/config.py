@@ -222,6 +222,10 @@ class TrackingParams(Section):
     artifacts_dir: Path  # artifacts of the local store; a tracking server keeps its own
     experiment: str = Field(min_length=1)
     enabled: bool
+    required: bool  # false: a stage whose store is down warns and runs without logging
+    health_timeout_s: float = Field(gt=0)
+    request_timeout_s: int = Field(ge=1)  # MLflow reads both as whole numbers
+    request_retries: int = Field(ge=0, le=10)  # MLflow refuses more than 10
 
 
 class GateParams(Section):

@@ -4,6 +4,10 @@ A pipeline run is one MLflow parent run (opened by the Prefect flow) with one ne
 stage. Stages run as `dvc repro` subprocesses, so the parent's id reaches them through the
 environment (`RAGLOOP_PARENT_RUN_ID`); a stage run alone under `dvc repro` opens a run of its own.
 
+Every entry to the store (`ensure_experiment`) first checks it in seconds (`store_health`): a
+server that does not answer or a damaged sqlite file fails there, before any work, and
+`tracking.required: false` lets a stage run unlogged instead.
+
 mlflow is imported inside the functions, never at module level: importing it and opening its
 store are slow, and a stage with `tracking.enabled: false` should not pay for either.
 """
@@ -14,12 +18,14 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tasks.lib.core.config import Params
+from tasks.lib.core.store_health import StoreUnavailable, bound_http_client, store_problem
 
 PARENT_RUN_ENV = "RAGLOOP_PARENT_RUN_ID"
 SERVER_SCHEMES = ("http://", "https://", "databricks")
@@ -50,13 +56,25 @@ def artifact_location(params: Params, uri: str) -> str | None:
     return params.tracking.artifacts_dir.resolve().as_uri()
 
 
+def open_store(params: Params) -> str:
+    """Point mlflow at the project's store once it proved usable, and return its URI."""
+    import mlflow
+
+    uri = tracking_uri(params)
+    bound_http_client(params.tracking)
+    problem = store_problem(params, uri)
+    if problem is not None:
+        raise problem
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 def ensure_experiment(params: Params) -> str:
     """Point mlflow at the project's store and return the experiment id, creating it once."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = tracking_uri(params)
-    mlflow.set_tracking_uri(uri)
+    uri = open_store(params)
     name = params.tracking.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
@@ -69,6 +87,23 @@ def ensure_experiment(params: Params) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def logging_experiment(params: Params, who: str) -> str | None:
+    """The experiment `who` logs to; None when tracking is off, or when the store is down and
+    `tracking.required` is false (then `who` runs unlogged, after a warning)."""
+    if not params.tracking.enabled:
+        return None
+    try:
+        return ensure_experiment(params)
+    except StoreUnavailable as err:
+        if params.tracking.required:
+            raise
+        print(
+            f"warning: {err.problem}; {who} runs without MLflow logging (tracking.required: false)",
+            file=sys.stderr,
+        )
+        return None
 
 
 def file_digest(path: Path) -> str:
@@ -219,14 +254,15 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
     then `RAGLOOP_PARENT_RUN_ID` (a stage that `dvc repro` started for the flow); else the run
     stands alone. Logs the stage's params section and the input tags; the KB fingerprint is
     tagged on exit, so it names the KB the stage produced or read. An exception marks the run
-    FAILED and propagates.
+    FAILED and propagates. The store is checked before the stage does any work (see
+    `logging_experiment`).
     """
-    if not params.tracking.enabled:
+    experiment_id = logging_experiment(params, stage)
+    if experiment_id is None:
         yield StageRun(None)
         return
     import mlflow
 
-    experiment_id = ensure_experiment(params)
     active = mlflow.active_run()
     parent_id = None if active else os.environ.get(PARENT_RUN_ENV) or None
     if parent_id:
@@ -260,12 +296,12 @@ def pipeline_run(
     The id goes into this process's environment, which the `dvc repro` subprocesses inherit,
     and is removed on exit so a later stage run alone does not nest under a finished run.
     """
-    if not params.tracking.enabled:
+    experiment_id = logging_experiment(params, run_name)
+    if experiment_id is None:
         yield StageRun(None)
         return
     import mlflow
 
-    experiment_id = ensure_experiment(params)
     all_tags = {"stage": "pipeline"} | run_tags(params) | dict(tags or {})
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags) as run:
         previous = os.environ.get(PARENT_RUN_ENV)

@@ -1,8 +1,19 @@
-"""Tracking on a real local sqlite store: where runs go, what a stage run records, nesting."""
+"""Tracking on a real local sqlite store: where runs go, what a stage run records, nesting; and
+the store checked before a stage works (a refused, a hung, a damaged store)."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlflow
@@ -10,8 +21,11 @@ import pytest
 import yaml
 
 from tasks.lib.core.config import load_params
+from tasks.lib.core.io import run_stage
+from tasks.lib.core.store_health import bound_http_client, store_problem
 from tasks.lib.core.tracking import (
     PARENT_RUN_ENV,
+    ensure_experiment,
     flatten,
     git_commit,
     kb_docs_digest,
@@ -20,7 +34,7 @@ from tasks.lib.core.tracking import (
     stage_run,
     tracking_uri,
 )
-from tests.support.projects import make_project, project_mlflow_client
+from tests.support.projects import REPO, make_project, project_mlflow_client
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +156,198 @@ def test_disabled_tracking_creates_no_store(tmp_path: Path) -> None:
         run.log_artifact(params_file)
     assert run.run_id is None
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# --- the store checked before a stage works -------------------------------------------------
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: bound, then closed (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[str]:
+    """A server that accepts connections and never answers: a hung tracking server."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the listener closed: the test is over
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+@contextlib.contextmanager
+def healthy_then_silent_server() -> Iterator[str]:
+    """A server whose /health answers but whose API never does: one that hangs mid-stage."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"OK")
+            else:
+                time.sleep(60)
+
+        do_POST = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def ingest(project: Path, uri: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """The real ingest stage as `dvc repro` runs it, on the tracking server `uri`; and seconds."""
+    env = os.environ | {"MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "tasks.ingest"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result, time.perf_counter() - started
+
+
+def stage_body(params_file: Path, ran: list[str]) -> Callable[[], None]:
+    """A stage's `main`: its work (noting that it ran) inside its MLflow run."""
+
+    def main() -> None:
+        with stage_run("dedup", load_params(params_file)):
+            ran.append("dedup")
+
+    return main
+
+
+HEALTH_TIMEOUT_S = 2  # the tests' own, to stay fast; params.yaml's default is larger
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_refused_and_hung_servers_fail_fast_or_run_unlogged(tmp_path: Path, required: bool) -> None:
+    """Before the check a refused server cost minutes of retries and a hung one longer."""
+    params_file = make_project(
+        tmp_path,
+        tracked=True,
+        tracking__health_timeout_s=HEALTH_TIMEOUT_S,
+        tracking__required=required,
+    )
+    docs = load_params(params_file).paths.kb_docs
+    with silent_server() as hung:
+        cases = {
+            "connection refused": f"http://127.0.0.1:{closed_port()}",
+            f"no answer within {HEALTH_TIMEOUT_S} s": hung,
+        }
+        for reason, uri in cases.items():
+            result, seconds = ingest(tmp_path, uri)
+            assert seconds < 30, (reason, seconds)  # a bound, not a benchmark
+            assert "Traceback" not in result.stderr
+            problem = f"MLflow tracking server {uri} is not reachable ({reason})"
+            if required:
+                assert result.returncode == 1, result.stderr
+                assert f"error: {problem}: start it (mlflow server ...)" in result.stderr
+                assert "tracking.required: false" in result.stderr
+                assert not docs.exists()
+            else:
+                assert result.returncode == 0, result.stderr
+                assert f"warning: {problem}; ingest runs without MLflow logging" in result.stderr
+                assert docs.is_file()
+                docs.unlink()
+
+
+def test_mlflow_client_gives_up_in_seconds_on_a_server_that_hangs_after_health(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server answered /health and then hung: MLflow's own bounded client fails the stage."""
+    for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(name, raising=False)  # also removes what the stage exports
+    params_file = make_project(
+        tmp_path, tracked=True, tracking__request_timeout_s=1, tracking__request_retries=1
+    )
+    with healthy_then_silent_server() as uri:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        started = time.perf_counter()
+        ran: list[str] = []
+        with pytest.raises(SystemExit) as exited:
+            run_stage(stage_body(params_file, ran))
+        seconds = time.perf_counter() - started
+    assert exited.value.code == 1 and seconds < 30 and not ran
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "1"
+    assert capsys.readouterr().err.startswith("error: MLflow: API request to ")
+
+
+def test_user_exported_http_settings_win(monkeypatch: pytest.MonkeyPatch, project: Path) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    bound_http_client(load_params(project).tracking)
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"  # params.yaml's
+
+
+def damage(store: Path) -> None:
+    """Overwrite the middle third of the file's pages with random bytes: it still opens."""
+    page = 4096
+    pages = store.stat().st_size // page
+    with store.open("r+b") as handle:
+        for number in range(pages // 3, 2 * pages // 3):
+            handle.seek(number * page)
+            handle.write(random.Random(number).randbytes(page))
+
+
+def test_damaged_sqlite_store_fails_before_any_work(
+    project: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before the check a damaged store was only noticed where MLflow read the bad page."""
+    params_file = make_project(tmp_path, tracked=True)
+    store = tmp_path / "mlflow.db"
+    ensure_experiment(load_params(project))  # the module's store exists, whatever ran before
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # which mlflow exported: the copy is the store now
+    capsys.readouterr()  # MLflow's own log of making that store
+    shutil.copy(project.parent / "mlflow.db", store)  # a real store, as MLflow made it
+    damage(store)
+    ran: list[str] = []
+    with pytest.raises(SystemExit) as exited:
+        run_stage(stage_body(params_file, ran))
+    assert exited.value.code == 1 and not ran
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: MLflow store {store.resolve()} is damaged (sqlite quick_check: ")
+    assert "restore it from a backup, or move it aside (mv " in err
+
+    unrequired = params_file.read_text().replace("required: true", "required: false")
+    params_file.write_text(unrequired)
+    with stage_run("dedup", load_params(params_file)) as run:
+        run.log_metrics({"x": 1})  # a no-op: nothing is written to the damaged store
+    assert run.run_id is None
+    assert "warning: MLflow store" in capsys.readouterr().err
+
+
+def test_sqlite_store_in_a_missing_folder_is_named(tmp_path: Path) -> None:
+    params_file = make_project(tmp_path, tracked=True)
+    uri = f"sqlite:///{tmp_path}/no/such/folder/mlflow.db"
+    problem = store_problem(load_params(params_file), uri)
+    assert problem is not None and f"mkdir -p {tmp_path}/no/such/folder" in str(problem)
+    assert store_problem(load_params(params_file), f"sqlite:///{tmp_path}/new.db") is None
