@@ -226,7 +226,7 @@ def test_a_set_mined_with_another_encoder_is_refused(
     built = ts.read_training_set(training_set)
     other = built.model_copy(update={"encoder_fingerprint": "0" * 64})
     with pytest.raises(InputError, match="mined with encoder fingerprint 0000"):
-        ft.finetune(params, params.finetune_retriever, other, tmp_path / "out")
+        ft.finetune(params, params.finetune_retriever, other, tmp_path / "out", tmp_path / "ckpt")
     broken = tmp_path / "set.json"
     broken.write_text(training_set.read_text(encoding="utf-8")[:-20], encoding="utf-8")
     with pytest.raises(InputError, match=r"set\.json: malformed JSON"):
