@@ -5,12 +5,15 @@ training stage reads), evaluation."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
@@ -30,11 +33,18 @@ from tasks.lib.core.config import (
     GeneratorParams,
     KbQuestionsParams,
     LoraParams,
+    load_params,
 )
 from tasks.lib.core.io import InputError, write_jsonl
 from tasks.lib.core.records import Doc, QARecord
 from tasks.lib.generation.data import generation_items, read_items, with_gold, write_items
 from tasks.lib.generation.generator import generate_answers, item_prompt
+from tests.support.interrupt import (
+    Interrupted,
+    every_trainer_calls,
+    kill_after_checkpoint,
+    raise_after_checkpoint,
+)
 from tests.support.projects import REPO, moved_away
 from tests.support.tiny_generator import INSTRUCTIONS, items, make_tiny_generator, tiny_tokenizer
 
@@ -359,3 +369,92 @@ def test_without_real_qa_generated_triples_train_and_evaluate_as_short_answers(
     assert list(metrics) == ["real_test"] and metrics["real_test"]["n"] == 1  # no kb_heldout
     samples = (tmp_path / "eval/samples.md").read_text(encoding="utf-8")
     assert samples.startswith("Question sets: test: real questions (1); kb_heldout: held-out")
+
+
+def resumable_project(root: Path, base: Path) -> Path:
+    """The generator project with its training set built and training long enough to be
+    killed mid-epoch: 3 train examples one a step for 3 epochs (9 steps), a checkpoint every 2
+    steps, LoRA dropout on (the resumed run must restore the RNG state), and a learning rate at
+    which the best dev loss comes early (step 4)."""
+    params_file = make_generator_project(root, base)
+    generator_training_set.main(params_file)
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    tune = params["finetune_generator"]
+    tune |= {"epochs": 3, "batch_size": 1, "eval_steps": 2, "learning_rate": 0.3}
+    tune["lora"]["dropout"] = 0.1
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return params_file
+
+
+def tuned_adapter(root: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    report = json.loads((root / "tuned/train_metrics.json").read_text(encoding="utf-8"))
+    return load_file(root / "tuned/adapter/adapter_model.safetensors"), report
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_model(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL once checkpoint-6 is saved (mid-epoch), a checkpoint half written after it, then
+    a rerun: it resumes from checkpoint-6, reloads the best (checkpoint-4, from before the kill)
+    at the end, and ends with the uninterrupted run's weights."""
+    params_file = resumable_project(tmp_path, tiny_dir)
+    checkpoints = load_params(params_file).paths.checkpoints_dir / finetune_generator.STAGE
+    finetune_generator.main(params_file)
+    uninterrupted, first = tuned_adapter(tmp_path)
+    assert not checkpoints.exists()  # a successful run leaves none
+    shutil.rmtree(tmp_path / "tuned")
+
+    kill_after_checkpoint(tmp_path, "tasks.finetune_generator", step=6)
+    assert not (tmp_path / "tuned").exists()
+    [run_dir] = checkpoints.iterdir()
+    kept = sorted(p.name for p in run_dir.glob("checkpoint-*"))
+    assert first["best_step"] == 4
+    assert kept == ["checkpoint-4", "checkpoint-6"]  # save_total_limit: the best and the latest
+    partial = run_dir / "checkpoint-8"  # what a kill while saving leaves: no trainer state
+    shutil.copytree(run_dir / "checkpoint-6", partial)
+    (partial / "trainer_state.json").unlink()
+
+    capsys.readouterr()
+    finetune_generator.main(params_file)
+    log = capsys.readouterr().out
+    assert "finetune_generator: removed checkpoint-8: incomplete (killed while saving)" in log
+    assert re.search(r"resuming from checkpoint-6 \(step 6 of 9, saved \d+ s ago\)", log), log
+    resumed, second = tuned_adapter(tmp_path)
+    assert (first["resumed_from_step"], second["resumed_from_step"]) == (0, 6)
+    for key in ("steps", "best_step", "dev_loss_before", "dev_loss_best", "train_tokens"):
+        assert second[key] == first[key], key
+    assert resumed.keys() == uninterrupted.keys()
+    for name, weights in uninterrupted.items():  # same seed, same machine: float noise at most
+        assert torch.allclose(resumed[name], weights, rtol=0, atol=1e-6), name
+    assert not checkpoints.exists()
+
+
+def test_a_changed_training_set_or_resume_false_starts_over(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params_file = resumable_project(tmp_path, tiny_dir)
+    checkpoints = load_params(params_file).paths.checkpoints_dir / finetune_generator.STAGE
+    with every_trainer_calls(raise_after_checkpoint(step=4)), pytest.raises(Interrupted):
+        finetune_generator.main(params_file)
+    [stale] = checkpoints.iterdir()
+    train = tmp_path / "generator_set/train.jsonl"
+    train.write_text("".join(train.read_text(encoding="utf-8").splitlines(True)[:2]), "utf-8")
+
+    capsys.readouterr()
+    finetune_generator.main(params_file)
+    log = capsys.readouterr().out
+    assert "removed the checkpoints of an earlier run with other data or params" in log
+    assert "resuming" not in log and not stale.exists() and not checkpoints.exists()
+    _, report = tuned_adapter(tmp_path)
+    assert report["resumed_from_step"] == 0 and report["train_examples"] == 2
+
+    with every_trainer_calls(raise_after_checkpoint(step=4)), pytest.raises(Interrupted):
+        finetune_generator.main(params_file)
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["finetune_generator"]["resume"] = False
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    capsys.readouterr()
+    finetune_generator.main(params_file)
+    log = capsys.readouterr().out
+    assert "removed the checkpoints of an earlier run (resume is false)" in log
+    assert "resuming" not in log and not checkpoints.exists()

@@ -73,7 +73,7 @@ class Checkpoints:
 
     stage_dir: Path
     run_dir: Path
-    resume_from: Path | None
+    resume_from: str | None  # as `train(resume_from_checkpoint=)` takes it (ST needs a str)
     resumed_state: dict[str, Any]  # the trainer state saved with `resume_from` ({} if none)
 
     @classmethod
@@ -109,7 +109,7 @@ class Checkpoints:
             f"{stage}: resuming from {latest.name} (step {step} of {state['max_steps']}, "
             f"saved {_ago(saved)} ago)"
         )
-        return cls(stage_dir, run_dir, latest, state)
+        return cls(stage_dir, run_dir, str(latest), state)
 
     @property
     def resumed_step(self) -> int:
