@@ -36,7 +36,7 @@ from tasks.lib.core.config import (
     load_params,
 )
 from tasks.lib.core.io import InputError, write_jsonl
-from tasks.lib.core.records import Doc, QARecord
+from tasks.lib.core.records import QARecord
 from tasks.lib.generation.data import generation_items, read_items, with_gold, write_items
 from tasks.lib.generation.generator import generate_answers, item_prompt
 from tests.support.interrupt import (
@@ -45,8 +45,16 @@ from tests.support.interrupt import (
     kill_after_checkpoint,
     raise_after_checkpoint,
 )
-from tests.support.projects import REPO, moved_away
-from tests.support.tiny_generator import INSTRUCTIONS, items, make_tiny_generator, tiny_tokenizer
+from tests.support.projects import moved_away
+from tests.support.tiny_generator import (
+    INSTRUCTIONS,
+    doc,
+    items,
+    make_generator_project,
+    make_tiny_generator,
+    qa,
+    tiny_tokenizer,
+)
 
 GENERATOR = GeneratorParams(top_k=2, passage_tokens=12, max_new_tokens=6, instructions=INSTRUCTIONS)
 
@@ -151,16 +159,6 @@ def test_evaluate_generation_scores_every_system_on_every_set(tiny_dir: Path) ->
     assert len(rows) == 3 and {"closed_book", "base_rag"} <= set(rows[0])
 
 
-def doc(doc_id: str, description: str) -> Doc:
-    return Doc(
-        id=doc_id,
-        title=doc_id.title(),
-        text=f"{doc_id} is a {description}.",
-        source="test",
-        description=description,
-    )
-
-
 def test_kb_questions_splits_are_disjoint_and_skip_real_gold_docs() -> None:
     docs = [doc(f"d{i}", "small blue measuring device") for i in range(12)]
     docs += [doc("short", "Thing"), doc("stub", "Wikimedia list article")]
@@ -229,66 +227,6 @@ def test_a_seq2seq_generator_without_chat_template_trains_and_answers(tmp_path: 
     assert prompts[0].endswith("\nAnswer:") and "<|im_start|>" not in prompts[0]
     answers = generate_answers(model, tokenizer, prompts, batch_size=3, max_new_tokens=6)
     assert answers == ["blue device", "Coastal tower", "slow river of ice"]
-
-
-def qa(record_id: str, gold: str, answerable: bool | None = None) -> QARecord:
-    return QARecord(
-        id=record_id,
-        question=f"What is {gold} ?",
-        answers=[gold],
-        doc_ids=[gold],
-        group=record_id,
-        answerable=answerable,
-    )
-
-
-def make_generator_project(root: Path, base: Path) -> Path:
-    """The generator side's inputs written by hand: a KB, real and KB questions, contexts."""
-    docs = [doc(d, f"{d} thing") for d in ("widget", "lighthouse", "glacier", "river")]
-    splits = {
-        "train": [qa("t1", "widget", True), qa("t2", "glacier", False)],
-        "dev": [qa("d1", "lighthouse", True), qa("d2", "river", False)],
-        "test": [qa("x1", "river", True)],
-    }
-    kb = {"train": [qa("kb:river", "river", True)], "dev": [qa("kb:widget", "widget", True)]}
-    contexts = {  # t2 and d1 miss their gold doc in the top 2
-        "t1": ["widget", "river"],
-        "t2": ["river", "widget", "glacier"],
-        "d1": ["glacier", "river", "lighthouse"],
-        "d2": ["river", "glacier"],
-        "kb:river": ["river", "lighthouse"],
-        "kb:widget": ["lighthouse", "widget"],
-    }
-    write_jsonl(root / "kb.jsonl", docs)
-    for split, records in splits.items():
-        write_jsonl(root / "qa" / f"{split}.jsonl", records)
-    for split, records in kb.items():
-        write_jsonl(root / "kb_questions" / f"{split}.jsonl", records)
-    write_jsonl(root / "contexts.jsonl", [{"id": q, "doc_ids": d} for q, d in contexts.items()])
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["paths"] |= {
-        "retrieval_docs": "kb.jsonl",
-        "retrieval_qa_dir": "qa",
-        "kb_questions_dir": "kb_questions",
-        "retrieved_contexts": "contexts.jsonl",
-        "generator_base_dir": str(base),
-        "generator_training_set": "generator_set",
-        "generator_dir": "tuned",
-        "generator_model": "tuned/model",
-    }
-    params["tracking"]["enabled"] = False
-    params["generator"] |= {"top_k": 2, "passage_tokens": 12, "instructions": INSTRUCTIONS}
-    params["finetune_generator"] |= {
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-        "epochs": 1,
-        "batch_size": 2,
-        "warmup_steps": 0,
-        "eval_steps": 1,
-        "bf16": False,
-    }
-    params_file = root / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    return params_file
 
 
 def test_items_round_trip_through_a_training_set_file(tmp_path: Path) -> None:

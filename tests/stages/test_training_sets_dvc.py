@@ -190,7 +190,7 @@ def test_a_killed_repro_resumes_training_on_the_next_repro(project: Path) -> Non
     the next `dvc repro` resumes from them and ends with the stage up to date."""
     params_file = project / "params.yaml"
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
-    params["finetune_retriever"] |= {"epochs": 20, "eval_steps": 1}  # long enough to be killed
+    params["finetune_retriever"] |= {"epochs": 10, "eval_steps": 1}  # long enough to be killed
     params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     checkpoints = load_params(params_file).paths.checkpoints_dir / "finetune_retriever"
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

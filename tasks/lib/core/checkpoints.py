@@ -54,10 +54,6 @@ def _trainer_state(checkpoint: Path) -> dict[str, Any] | None:
         return None
 
 
-def _step(checkpoint: Path) -> int:
-    return int(checkpoint.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-"))
-
-
 def _ago(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -93,21 +89,21 @@ class Checkpoints:
                 shutil.rmtree(path)
             else:
                 path.unlink()
-        complete: list[tuple[int, Path, dict[str, Any]]] = []
+        complete: list[tuple[Path, dict[str, Any]]] = []
         for checkpoint in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
             state = _trainer_state(checkpoint)
             if state is None:
                 print(f"{stage}: removed {checkpoint.name}: incomplete (killed while saving)")
                 shutil.rmtree(checkpoint)
             else:
-                complete.append((_step(checkpoint), checkpoint, state))
+                complete.append((checkpoint, state))
         if not complete:
             return cls(stage_dir, run_dir, None, {})
-        step, latest, state = max(complete, key=lambda c: c[0])
+        latest, state = max(complete, key=lambda c: c[1]["global_step"])
         saved = time.time() - (latest / TRAINER_STATE).stat().st_mtime
         print(
-            f"{stage}: resuming from {latest.name} (step {step} of {state['max_steps']}, "
-            f"saved {_ago(saved)} ago)"
+            f"{stage}: resuming from {latest.name} (step {state['global_step']} of "
+            f"{state['max_steps']}, saved {_ago(saved)} ago)"
         )
         return cls(stage_dir, run_dir, str(latest), state)
 
