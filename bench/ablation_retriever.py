@@ -269,7 +269,7 @@ def main() -> None:
     for name in names:
         out = work / name
         training_set, _ = build(params, chosen[name])
-        metrics = finetune(params, chosen[name], training_set, out)
+        metrics = finetune(params, chosen[name], training_set, out, work / "checkpoints" / name)
         encoder = model_dir(params, out)
         tuned = subset_scores(subsets, dense_rankings(args.params, params, encoder, test))
         row = {"variant": name, "pairs": metrics["pairs"]}

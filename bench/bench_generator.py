@@ -81,7 +81,9 @@ def stage_tokens_per_second(
     tune = params.finetune_generator.model_copy(update=update)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        report = finetune(base_dir, items, items[:2], params.generator, tune, Path(out) / "g")
+        report = finetune(
+            base_dir, items, items[:2], params.generator, tune, Path(out) / "g", Path(out) / "ckpt"
+        )
     return report["tokens_per_second"], report["train_tokens"], time.perf_counter() - start
 
 

@@ -7,17 +7,19 @@ prompt carries its task's instruction and the item's top-k passages, exactly as
 `evaluate_generation` will prompt. Loss on answer tokens only. LoRA (peft) by default, full
 fine-tuning by params; the Hugging Face Trainer runs the loop, keeps the checkpoint with the best
 dev loss, and the stage saves the adapter and, for inference, the merged model as safetensors.
+Checkpoints carry the full training state under `paths.checkpoints_dir`, so a killed run resumes
+on the next `dvc repro` (`finetune_generator.resume`).
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
     DataCollatorForSeq2Seq,
@@ -26,7 +28,9 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from tasks.lib.core.checkpoints import Checkpoints, folder_digest, run_key
 from tasks.lib.core.config import FinetuneGeneratorParams, GeneratorParams, load_params
 from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json
 from tasks.lib.core.tracking import stage_run
@@ -43,6 +47,7 @@ from tasks.lib.generation.generator import (
 )
 from tasks.lib.generation.loader import load_generator
 
+STAGE = "finetune_generator"
 NO_ADAPTER = "Full fine-tuning: no LoRA adapter; ../model holds the tuned weights.\n"
 
 
@@ -75,12 +80,43 @@ def encode_items(
     ]
 
 
-def training_arguments(params: FinetuneGeneratorParams, output_dir: Path) -> TrainingArguments:
-    """Dev loss every `eval_steps` (and once before training, as the baseline); the best
-    checkpoint is reloaded at the end. Length-grouped batches cut padding, which on a CPU is
-    pure waste; checkpoints skip optimizer state since training is never resumed."""
+class EpochSeededLengthSampler(LengthGroupedSampler):
+    """Length-grouped batches shuffled from (seed, epoch) rather than the global RNG, as the
+    sentence-transformers samplers are: a run resumed mid-epoch redraws the order the killed run
+    trained on, so skipping the batches it had done lands on the same remaining ones."""
+
+    def __init__(self, batch_size: int, dataset: Any, seed: int) -> None:
+        super().__init__(batch_size, dataset=dataset, generator=torch.Generator())
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Any:
+        self.generator.manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
+class ResumableTrainer(Trainer):
+    """The Trainer with its length-grouped train order made resumable."""
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> EpochSeededLengthSampler:
+        args = self.args
+        return EpochSeededLengthSampler(
+            args.train_batch_size * args.gradient_accumulation_steps,
+            train_dataset if train_dataset is not None else self.train_dataset,
+            args.data_seed,
+        )
+
+
+def training_arguments(
+    params: FinetuneGeneratorParams, checkpoints: Checkpoints
+) -> TrainingArguments:
+    """Dev loss every `eval_steps` (and once before training, as the baseline: a resumed run
+    has it in its restored history); the best checkpoint is reloaded at the end. Length-grouped
+    batches cut padding, which on a CPU is pure waste."""
     return TrainingArguments(
-        output_dir=str(output_dir),
+        output_dir=str(checkpoints.run_dir),
         num_train_epochs=params.epochs,
         per_device_train_batch_size=params.batch_size,
         per_device_eval_batch_size=params.batch_size,
@@ -90,17 +126,16 @@ def training_arguments(params: FinetuneGeneratorParams, output_dir: Path) -> Tra
         lr_scheduler_type="linear",
         eval_strategy="steps",
         eval_steps=params.eval_steps,
-        eval_on_start=True,
+        eval_on_start=checkpoints.resume_from is None,
         save_strategy="steps",
         save_steps=params.eval_steps,
-        save_total_limit=1,
-        save_only_model=True,
+        save_total_limit=2,  # the best and the latest (to resume from)
         load_best_model_at_end=True,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         prediction_loss_only=True,
         logging_steps=max(1, params.eval_steps // 2),
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy="group_by_length",  # dev batches; train: ResumableTrainer
         include_num_input_tokens_seen="non_padding",
         bf16=params.bf16,
         use_cpu=True,
@@ -118,9 +153,11 @@ def finetune(
     generator: GeneratorParams,
     params: FinetuneGeneratorParams,
     out_dir: Path,
+    checkpoints_dir: Path,
 ) -> dict[str, Any]:
     """Train on `train_items`, keep the best dev-loss checkpoint, write `out_dir/model` (merged,
-    loadable without peft), `out_dir/adapter` (LoRA only) and `out_dir/train_metrics.json`."""
+    loadable without peft), `out_dir/adapter` (LoRA only) and `out_dir/train_metrics.json`.
+    `checkpoints_dir` holds this training's checkpoints until it succeeds."""
     if not train_items or not dev_items:
         raise InputError("finetune_generator: needs at least one train and one dev example")
     set_seed(params.seed)  # LoRA's initial weights are drawn before the Trainer seeds
@@ -137,22 +174,33 @@ def finetune(
         if seq2seq
         else AnswerOnlyCollator(tokenizer.pad_token_id)
     )
-    with tempfile.TemporaryDirectory(prefix="finetune_generator.") as checkpoints:
-        trainer = Trainer(
-            model=model,
-            args=training_arguments(params, Path(checkpoints)),
-            train_dataset=train_set,
-            eval_dataset=dev_set,
-            data_collator=collator,
-            processing_class=tokenizer,
-            callbacks=[MlflowCurves()],
-        )
-        result = trainer.train()
+    key = run_key(
+        folder_digest(base_dir),
+        train_set,
+        dev_set,
+        params.model_dump(mode="json", exclude={"resume"}),
+    )
+    checkpoints = Checkpoints.open(STAGE, checkpoints_dir, key, params.resume)
+    trainer = ResumableTrainer(
+        model=model,
+        args=training_arguments(params, checkpoints),
+        train_dataset=train_set,
+        eval_dataset=dev_set,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[MlflowCurves()],
+    )
+    result = trainer.train(resume_from_checkpoint=checkpoints.resume_from)
     history = trainer.state.log_history
     dev_losses = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
-    eval_seconds = sum(e["eval_runtime"] for e in history if "eval_runtime" in e)
+    # Speed counts this run only: a resumed one restored the evaluations and tokens before it.
+    start = checkpoints.resumed_step
+    first = start + 1 if checkpoints.resume_from else 0  # the resumed step's eval came before
+    evals = [e for e in history if "eval_runtime" in e and e["step"] >= first]
+    eval_seconds = sum(e["eval_runtime"] for e in evals)
     loop_seconds = result.metrics["train_runtime"] - eval_seconds
     tokens = trainer.state.num_input_tokens_seen
+    run_tokens = tokens - checkpoints.resumed_state.get("num_input_tokens_seen", 0)
     best_step, best_loss = min(dev_losses[1:] or dev_losses, key=lambda s: s[1])
     report = {
         "method": params.method,
@@ -162,15 +210,17 @@ def finetune(
         "train_examples_by_task": dict(Counter(item.task for item in train_items)),
         "dev_examples": len(dev_set),
         "steps": trainer.state.global_step,
+        "resumed_from_step": start,
         "train_tokens": tokens,  # non-pad prompt + answer tokens, all epochs
-        "train_seconds": round(loop_seconds, 1),  # training loop without dev evaluation
-        "tokens_per_second": round(tokens / loop_seconds, 1),
+        "train_seconds": round(loop_seconds, 1),  # this run's loop without dev evaluation
+        "tokens_per_second": round(run_tokens / loop_seconds, 1),
         "dev_eval_seconds": round(eval_seconds, 1),
         "dev_loss_before": round(dev_losses[0][1], 4),
         "dev_loss_best": round(best_loss, 4),
         "best_step": best_step,
     }
     save_generator(trainer.model, tokenizer, out_dir, report)
+    checkpoints.finish()
     return report
 
 
@@ -195,8 +245,11 @@ def main(params_file: Path = Path("params.yaml")) -> None:
 
     start = time.perf_counter()
     out_dir = paths.generator_dir
-    with stage_run("finetune_generator", params) as run:
-        report = finetune(paths.generator_base_dir, train, dev, generator, tune, out_dir)
+    with stage_run(STAGE, params) as run:
+        checkpoints_dir = paths.checkpoints_dir / STAGE
+        report = finetune(
+            paths.generator_base_dir, train, dev, generator, tune, out_dir, checkpoints_dir
+        )
         run.log_metrics({k: v for k, v in report.items() if k != "train_examples_by_task"})
     print(
         f"finetune_generator: {report['method']} on {report['train_examples']} examples "

@@ -9,7 +9,9 @@ sampler keeps a passage from being both a positive and an in-batch negative.
 The trainer scores the set's dev questions over its dev corpus during training
 (InformationRetrievalEvaluator, nDCG@10) and keeps the best checkpoint; the model is saved as
 safetensors. The dev corpus only ranks checkpoints: the reported numbers come from
-`compare_retrievers` over the whole KB.
+`compare_retrievers` over the whole KB. Checkpoints carry the full training state under
+`paths.checkpoints_dir`, so a killed run resumes on the next `dvc repro`
+(`finetune_retriever.resume`).
 
 Outputs in `paths.retriever_dir`: model/ (a SentenceTransformer folder), train_metrics.json
 (pair counts, dev scores, training seconds), positives.json (the doc ids training saw as
@@ -19,7 +21,6 @@ positives: the complement defines the unseen-doc evaluation subset).
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from sentence_transformers.sentence_transformer.losses import (
     MultipleNegativesRankingLoss,
 )
 
+from tasks.lib.core.checkpoints import Checkpoints, run_key
 from tasks.lib.core.config import FinetuneRetrieverParams, Params, load_params
 from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json
 from tasks.lib.core.tracking import stage_run
@@ -49,6 +51,7 @@ from tasks.lib.retrieval.training_set import (
     read_training_set,
 )
 
+STAGE = "finetune_retriever"
 EVALUATOR_NAME = "dev"
 
 
@@ -89,9 +92,10 @@ def train_encoder(
     dataset: Dataset,
     evaluator: InformationRetrievalEvaluator,
     params: FinetuneRetrieverParams,
-    work_dir: Path,
+    checkpoints: Checkpoints,
 ) -> dict[str, Any]:
-    """Configure and run the library's trainer; the best dev checkpoint ends up in `model`."""
+    """Configure and run the library's trainer, resuming from `checkpoints` if it holds one;
+    the best dev checkpoint ends up in `model`."""
     loss = (
         CachedMultipleNegativesRankingLoss(model, mini_batch_size=params.cached_mini_batch)
         if params.loss == "cached_mnrl"
@@ -104,7 +108,7 @@ def train_encoder(
     )
     schedule["save_strategy"] = schedule["eval_strategy"]
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(work_dir),
+        output_dir=str(checkpoints.run_dir),
         num_train_epochs=params.epochs,
         per_device_train_batch_size=params.batch_size,
         per_device_eval_batch_size=params.batch_size,
@@ -114,8 +118,7 @@ def train_encoder(
         load_best_model_at_end=True,
         metric_for_best_model=f"eval_{EVALUATOR_NAME}_cosine_ndcg@10",
         greater_is_better=True,
-        save_only_model=True,
-        save_total_limit=2,  # the best and the latest
+        save_total_limit=2,  # the best and the latest (to resume from)
         logging_steps=5,
         seed=params.seed,
         data_seed=params.seed,
@@ -133,7 +136,7 @@ def train_encoder(
         callbacks=[MlflowCurves()],
     )
     started = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=checkpoints.resume_from)
     seconds = time.perf_counter() - started
     history = [
         {
@@ -145,8 +148,9 @@ def train_encoder(
         if args.metric_for_best_model in h
     ]
     return {
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(seconds, 1),  # this run's, after the step it resumed from
         "steps": trainer.state.global_step,
+        "resumed_from_step": checkpoints.resumed_step,
         "best_checkpoint": Path(trainer.state.best_model_checkpoint or "").name,
         "best_dev_ndcg@10": trainer.state.best_metric,
         "dev_history": history,
@@ -175,11 +179,12 @@ def finetune(
     tune: FinetuneRetrieverParams,
     training_set: RetrieverTrainingSet,
     out_dir: Path,
+    checkpoints_dir: Path,
 ) -> dict[str, Any]:
     """Train the base encoder on `training_set` and write `out_dir` (model/, train_metrics.json,
     positives.json: `paths.retriever_model` and `retriever_positives` when it is
-    `paths.retriever_dir`); returns the metrics. `tune` and `out_dir` may differ from params
-    (the ablation)."""
+    `paths.retriever_dir`); returns the metrics. `tune`, `out_dir` and `checkpoints_dir` (this
+    training's checkpoints, removed on success) may differ from params (the ablation)."""
     started = time.perf_counter()
     torch.set_num_threads(tune.threads or os.cpu_count() or 1)
     model = load_encoder(params.index.encoder, params.project_dir)
@@ -201,10 +206,15 @@ def finetune(
         f"dev: {len(training_set.dev_queries)} questions over {corpus_docs} docs"
     )
     base_dev = dev_scores(evaluator, model)
+    key = run_key(
+        base_fingerprint,
+        training_set.model_dump(mode="json"),
+        tune.model_dump(mode="json", exclude={"resume"}),
+    )
+    checkpoints = Checkpoints.open(STAGE, checkpoints_dir, key, tune.resume)
 
     with atomic_path(out_dir) as tmp:
-        result = train_encoder(model, dataset, evaluator, tune, tmp / "checkpoints")
-        shutil.rmtree(tmp / "checkpoints")
+        result = train_encoder(model, dataset, evaluator, tune, checkpoints)
         model.save_pretrained(str(model_dir(params, tmp)), safe_serialization=True)
         metrics = {
             "pairs": counts,
@@ -219,6 +229,7 @@ def finetune(
         write_json(tmp / "train_metrics.json", metrics)
         positives = params.paths.retriever_positives.relative_to(params.paths.retriever_dir)
         write_json(tmp / positives, sorted({p.positive.id for p in training_set.pairs}))
+    checkpoints.finish()
     print(
         f"finetune_retriever: trained {result['steps']} steps in {result['train_seconds']:.0f} s "
         f"(stage {metrics['stage_seconds']:.0f} s); dev nDCG@10 over the dev corpus: base "
@@ -231,9 +242,12 @@ def finetune(
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     out_dir = params.paths.retriever_dir
-    with stage_run("finetune_retriever", params) as run:
+    with stage_run(STAGE, params) as run:
         training_set = read_training_set(params.paths.retriever_training_set)
-        metrics = finetune(params, params.finetune_retriever, training_set, out_dir)
+        checkpoints_dir = params.paths.checkpoints_dir / STAGE
+        metrics = finetune(
+            params, params.finetune_retriever, training_set, out_dir, checkpoints_dir
+        )
         run.log_metrics({k: v for k, v in metrics.items() if k != "dev_history"})
 
 

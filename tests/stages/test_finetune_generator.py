@@ -5,12 +5,15 @@ training stage reads), evaluation."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
@@ -30,13 +33,28 @@ from tasks.lib.core.config import (
     GeneratorParams,
     KbQuestionsParams,
     LoraParams,
+    load_params,
 )
 from tasks.lib.core.io import InputError, write_jsonl
-from tasks.lib.core.records import Doc, QARecord
+from tasks.lib.core.records import QARecord
 from tasks.lib.generation.data import generation_items, read_items, with_gold, write_items
 from tasks.lib.generation.generator import generate_answers, item_prompt
-from tests.support.projects import REPO, moved_away
-from tests.support.tiny_generator import INSTRUCTIONS, items, make_tiny_generator, tiny_tokenizer
+from tests.support.interrupt import (
+    Interrupted,
+    every_trainer_calls,
+    kill_after_checkpoint,
+    raise_after_checkpoint,
+)
+from tests.support.projects import moved_away
+from tests.support.tiny_generator import (
+    INSTRUCTIONS,
+    doc,
+    items,
+    make_generator_project,
+    make_tiny_generator,
+    qa,
+    tiny_tokenizer,
+)
 
 GENERATOR = GeneratorParams(top_k=2, passage_tokens=12, max_new_tokens=6, instructions=INSTRUCTIONS)
 
@@ -57,6 +75,7 @@ def tune_params(**overrides: object) -> FinetuneGeneratorParams:
         "eval_steps": 10,
         "bf16": False,
         "seed": 0,
+        "resume": True,
     } | overrides
     return FinetuneGeneratorParams.model_validate(values)
 
@@ -70,7 +89,7 @@ def test_lora_trains_offline_and_the_merged_model_equals_base_plus_adapter(
     tiny_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "tuned"
-    report = finetune(tiny_dir, items(), items(), GENERATOR, tune_params(), out)
+    report = finetune(tiny_dir, items(), items(), GENERATOR, tune_params(), out, tmp_path / "ckpt")
 
     assert json.loads((out / "train_metrics.json").read_text())["steps"] == report["steps"] == 20
     assert report["dev_loss_best"] < report["dev_loss_before"] - 1
@@ -112,6 +131,7 @@ def test_full_finetuning_learns_the_answers(tiny_dir: Path, tmp_path: Path) -> N
         GENERATOR,
         tune_params(method="full", epochs=30, learning_rate=0.01),
         out,
+        tmp_path / "ckpt",
     )
     assert report["trainable_params"] > 10_000
     assert not (out / "adapter/adapter_model.safetensors").exists()
@@ -137,16 +157,6 @@ def test_evaluate_generation_scores_every_system_on_every_set(tiny_dir: Path) ->
     f1 = metrics["toy"]["base_rag - closed_book"]["answer_f1"]
     assert f1["low"] <= f1["mean"] <= f1["high"]
     assert len(rows) == 3 and {"closed_book", "base_rag"} <= set(rows[0])
-
-
-def doc(doc_id: str, description: str) -> Doc:
-    return Doc(
-        id=doc_id,
-        title=doc_id.title(),
-        text=f"{doc_id} is a {description}.",
-        source="test",
-        description=description,
-    )
 
 
 def test_kb_questions_splits_are_disjoint_and_skip_real_gold_docs() -> None:
@@ -209,7 +219,7 @@ def test_a_seq2seq_generator_without_chat_template_trains_and_answers(tmp_path: 
     tokenizer.save_pretrained(base)
     out = tmp_path / "tuned"
     tune = tune_params(method="full", epochs=60, learning_rate=0.01)
-    report = finetune(base, items(), items(), GENERATOR, tune, out)
+    report = finetune(base, items(), items(), GENERATOR, tune, out, tmp_path / "ckpt")
     assert report["dev_loss_best"] < report["dev_loss_before"]
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
     model = AutoModelForSeq2SeqLM.from_pretrained(out / "model", dtype=torch.float32).eval()
@@ -217,66 +227,6 @@ def test_a_seq2seq_generator_without_chat_template_trains_and_answers(tmp_path: 
     assert prompts[0].endswith("\nAnswer:") and "<|im_start|>" not in prompts[0]
     answers = generate_answers(model, tokenizer, prompts, batch_size=3, max_new_tokens=6)
     assert answers == ["blue device", "Coastal tower", "slow river of ice"]
-
-
-def qa(record_id: str, gold: str, answerable: bool | None = None) -> QARecord:
-    return QARecord(
-        id=record_id,
-        question=f"What is {gold} ?",
-        answers=[gold],
-        doc_ids=[gold],
-        group=record_id,
-        answerable=answerable,
-    )
-
-
-def make_generator_project(root: Path, base: Path) -> Path:
-    """The generator side's inputs written by hand: a KB, real and KB questions, contexts."""
-    docs = [doc(d, f"{d} thing") for d in ("widget", "lighthouse", "glacier", "river")]
-    splits = {
-        "train": [qa("t1", "widget", True), qa("t2", "glacier", False)],
-        "dev": [qa("d1", "lighthouse", True), qa("d2", "river", False)],
-        "test": [qa("x1", "river", True)],
-    }
-    kb = {"train": [qa("kb:river", "river", True)], "dev": [qa("kb:widget", "widget", True)]}
-    contexts = {  # t2 and d1 miss their gold doc in the top 2
-        "t1": ["widget", "river"],
-        "t2": ["river", "widget", "glacier"],
-        "d1": ["glacier", "river", "lighthouse"],
-        "d2": ["river", "glacier"],
-        "kb:river": ["river", "lighthouse"],
-        "kb:widget": ["lighthouse", "widget"],
-    }
-    write_jsonl(root / "kb.jsonl", docs)
-    for split, records in splits.items():
-        write_jsonl(root / "qa" / f"{split}.jsonl", records)
-    for split, records in kb.items():
-        write_jsonl(root / "kb_questions" / f"{split}.jsonl", records)
-    write_jsonl(root / "contexts.jsonl", [{"id": q, "doc_ids": d} for q, d in contexts.items()])
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["paths"] |= {
-        "retrieval_docs": "kb.jsonl",
-        "retrieval_qa_dir": "qa",
-        "kb_questions_dir": "kb_questions",
-        "retrieved_contexts": "contexts.jsonl",
-        "generator_base_dir": str(base),
-        "generator_training_set": "generator_set",
-        "generator_dir": "tuned",
-        "generator_model": "tuned/model",
-    }
-    params["tracking"]["enabled"] = False
-    params["generator"] |= {"top_k": 2, "passage_tokens": 12, "instructions": INSTRUCTIONS}
-    params["finetune_generator"] |= {
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-        "epochs": 1,
-        "batch_size": 2,
-        "warmup_steps": 0,
-        "eval_steps": 1,
-        "bf16": False,
-    }
-    params_file = root / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    return params_file
 
 
 def test_items_round_trip_through_a_training_set_file(tmp_path: Path) -> None:
@@ -357,3 +307,92 @@ def test_without_real_qa_generated_triples_train_and_evaluate_as_short_answers(
     assert list(metrics) == ["real_test"] and metrics["real_test"]["n"] == 1  # no kb_heldout
     samples = (tmp_path / "eval/samples.md").read_text(encoding="utf-8")
     assert samples.startswith("Question sets: test: real questions (1); kb_heldout: held-out")
+
+
+def resumable_project(root: Path, base: Path) -> Path:
+    """The generator project with its training set built and training long enough to be
+    killed mid-epoch: 3 train examples one a step for 3 epochs (9 steps), a checkpoint every 2
+    steps, LoRA dropout on (the resumed run must restore the RNG state), and a learning rate at
+    which the best dev loss comes early (step 4)."""
+    params_file = make_generator_project(root, base)
+    generator_training_set.main(params_file)
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    tune = params["finetune_generator"]
+    tune |= {"epochs": 3, "batch_size": 1, "eval_steps": 2, "learning_rate": 0.3}
+    tune["lora"]["dropout"] = 0.1
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return params_file
+
+
+def tuned_adapter(root: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    report = json.loads((root / "tuned/train_metrics.json").read_text(encoding="utf-8"))
+    return load_file(root / "tuned/adapter/adapter_model.safetensors"), report
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_model(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL once checkpoint-6 is saved (mid-epoch), a checkpoint half written after it, then
+    a rerun: it resumes from checkpoint-6, reloads the best (checkpoint-4, from before the kill)
+    at the end, and ends with the uninterrupted run's weights."""
+    params_file = resumable_project(tmp_path, tiny_dir)
+    checkpoints = load_params(params_file).paths.checkpoints_dir / finetune_generator.STAGE
+    finetune_generator.main(params_file)
+    uninterrupted, first = tuned_adapter(tmp_path)
+    assert not checkpoints.exists()  # a successful run leaves none
+    shutil.rmtree(tmp_path / "tuned")
+
+    kill_after_checkpoint(tmp_path, "tasks.finetune_generator", step=6)
+    assert not (tmp_path / "tuned").exists()
+    [run_dir] = checkpoints.iterdir()
+    kept = sorted(p.name for p in run_dir.glob("checkpoint-*"))
+    assert first["best_step"] == 4
+    assert kept == ["checkpoint-4", "checkpoint-6"]  # save_total_limit: the best and the latest
+    partial = run_dir / "checkpoint-8"  # what a kill while saving leaves: no trainer state
+    shutil.copytree(run_dir / "checkpoint-6", partial)
+    (partial / "trainer_state.json").unlink()
+
+    capsys.readouterr()
+    finetune_generator.main(params_file)
+    log = capsys.readouterr().out
+    assert "finetune_generator: removed checkpoint-8: incomplete (killed while saving)" in log
+    assert re.search(r"resuming from checkpoint-6 \(step 6 of 9, saved \d+ s ago\)", log), log
+    resumed, second = tuned_adapter(tmp_path)
+    assert (first["resumed_from_step"], second["resumed_from_step"]) == (0, 6)
+    for key in ("steps", "best_step", "dev_loss_before", "dev_loss_best", "train_tokens"):
+        assert second[key] == first[key], key
+    assert resumed.keys() == uninterrupted.keys()
+    for name, weights in uninterrupted.items():  # same seed, same machine: float noise at most
+        assert torch.allclose(resumed[name], weights, rtol=0, atol=1e-6), name
+    assert not checkpoints.exists()
+
+
+def test_a_changed_training_set_or_resume_false_starts_over(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params_file = resumable_project(tmp_path, tiny_dir)
+    checkpoints = load_params(params_file).paths.checkpoints_dir / finetune_generator.STAGE
+    with every_trainer_calls(raise_after_checkpoint(step=4)), pytest.raises(Interrupted):
+        finetune_generator.main(params_file)
+    [stale] = checkpoints.iterdir()
+    train = tmp_path / "generator_set/train.jsonl"
+    train.write_text("".join(train.read_text(encoding="utf-8").splitlines(True)[:2]), "utf-8")
+
+    capsys.readouterr()
+    finetune_generator.main(params_file)
+    log = capsys.readouterr().out
+    assert "removed the checkpoints of an earlier run with other data or params" in log
+    assert "resuming" not in log and not stale.exists() and not checkpoints.exists()
+    _, report = tuned_adapter(tmp_path)
+    assert report["resumed_from_step"] == 0 and report["train_examples"] == 2
+
+    with every_trainer_calls(raise_after_checkpoint(step=4)), pytest.raises(Interrupted):
+        finetune_generator.main(params_file)
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["finetune_generator"]["resume"] = False
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    capsys.readouterr()
+    finetune_generator.main(params_file)
+    log = capsys.readouterr().out
+    assert "removed the checkpoints of an earlier run (resume is false)" in log
+    assert "resuming" not in log and not checkpoints.exists()

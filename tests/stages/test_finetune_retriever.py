@@ -5,12 +5,16 @@ trains offline from that set alone, and the saved encoder reloads with a fingerp
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
 from tasks import compare_retrievers, index, retriever_training_set, tune_retrieval
@@ -22,6 +26,12 @@ from tasks.lib.retrieval import training_set as ts
 from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
 from tasks.lib.retrieval.index_store import passage_text
 from tasks.lib.retrieval.retriever import Fusion, Retriever
+from tests.support.interrupt import (
+    Interrupted,
+    every_trainer_calls,
+    kill_after_checkpoint,
+    raise_after_checkpoint,
+)
 from tests.support.projects import moved_away
 from tests.support.retrieval import make_retrieval_project, make_tiny_encoder, tiny_docs
 
@@ -226,7 +236,7 @@ def test_a_set_mined_with_another_encoder_is_refused(
     built = ts.read_training_set(training_set)
     other = built.model_copy(update={"encoder_fingerprint": "0" * 64})
     with pytest.raises(InputError, match="mined with encoder fingerprint 0000"):
-        ft.finetune(params, params.finetune_retriever, other, tmp_path / "out")
+        ft.finetune(params, params.finetune_retriever, other, tmp_path / "out", tmp_path / "ckpt")
     broken = tmp_path / "set.json"
     broken.write_text(training_set.read_text(encoding="utf-8")[:-20], encoding="utf-8")
     with pytest.raises(InputError, match=r"set\.json: malformed JSON"):
@@ -301,3 +311,80 @@ def test_comparison_reports_five_systems_on_whole_and_unseen_subsets(
         means = systems["dense_tuned"]["ndcg@10"]["mean"] - systems["dense_base"]["ndcg@10"]["mean"]
         assert gap["mean"] == pytest.approx(means)
     assert report["encoders"]["tuned"]["fingerprint"] != report["encoders"]["base"]["fingerprint"]
+
+
+def resumable_project(project: Path, training_set: Path, root: Path) -> Path:
+    """The stage alone in `root`: the project's params and a copy of its training set, two
+    epochs with a checkpoint every 3 steps (so a kill lands mid-epoch)."""
+    params = yaml.safe_load(project.read_text(encoding="utf-8"))
+    params["finetune_retriever"] |= {"eval_steps": 3}
+    folder = load_params(project).paths.retriever_training_set_dir
+    shutil.copytree(folder, root / folder.relative_to(project.parent))
+    params_file = root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return params_file
+
+
+def tuned_weights(params_file: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    paths = load_params(params_file).paths
+    report = json.loads((paths.retriever_dir / "train_metrics.json").read_text(encoding="utf-8"))
+    return load_file(paths.retriever_model / "model.safetensors"), report
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_encoder(
+    project: Path, training_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL once checkpoint-6 is saved (mid second epoch), then a rerun: it resumes there,
+    reloads the best dev checkpoint (checkpoint-3, from before the kill) at the end, and ends
+    with the uninterrupted run's encoder."""
+    params_file = resumable_project(project, training_set, tmp_path)
+    paths = load_params(params_file).paths
+    checkpoints = paths.checkpoints_dir / ft.STAGE
+    ft.main(params_file)
+    uninterrupted, first = tuned_weights(params_file)
+    assert first["steps"] > 6 and first["resumed_from_step"] == 0 and not checkpoints.exists()
+    shutil.rmtree(paths.retriever_dir)
+
+    kill_after_checkpoint(tmp_path, "tasks.finetune_retriever", step=6)
+    assert not paths.retriever_dir.exists()
+    [run_dir] = checkpoints.iterdir()
+    kept = sorted(p.name for p in run_dir.glob("checkpoint-*"))
+    assert first["best_checkpoint"] == "checkpoint-3"  # from before the kill: it must survive
+    assert kept == ["checkpoint-3", "checkpoint-6"]  # save_total_limit: the best and the latest
+
+    capsys.readouterr()
+    ft.main(params_file)
+    log = capsys.readouterr().out
+    total = first["steps"]
+    assert re.search(rf"resuming from checkpoint-6 \(step 6 of {total}, saved \d+ s ago\)", log)
+    resumed, second = tuned_weights(params_file)
+    assert second["resumed_from_step"] == 6
+    for key in ("steps", "best_checkpoint", "best_dev_ndcg@10", "dev_history", "dev_tuned"):
+        assert second[key] == first[key], key
+    assert second["tuned_fingerprint"] == first["tuned_fingerprint"]  # bit for bit
+    for name, weights in uninterrupted.items():
+        assert torch.allclose(resumed[name], weights, rtol=0, atol=1e-6), name
+    assert not checkpoints.exists()
+
+
+def test_a_changed_training_set_starts_over(
+    project: Path, training_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params_file = resumable_project(project, training_set, tmp_path)
+    paths = load_params(params_file).paths
+    checkpoints = paths.checkpoints_dir / ft.STAGE
+    with every_trainer_calls(raise_after_checkpoint(step=3)), pytest.raises(Interrupted):
+        ft.main(params_file)
+    [stale] = checkpoints.iterdir()
+    built = ts.read_training_set(paths.retriever_training_set)
+    ts.write_training_set(
+        paths.retriever_training_set, built.model_copy(update={"pairs": built.pairs[:-1]})
+    )
+
+    capsys.readouterr()
+    ft.main(params_file)
+    log = capsys.readouterr().out
+    assert "removed the checkpoints of an earlier run with other data or params" in log
+    assert "resuming" not in log and not stale.exists() and not checkpoints.exists()
+    _, report = tuned_weights(params_file)
+    assert report["resumed_from_step"] == 0 and report["pairs"]["synthetic"] == 0

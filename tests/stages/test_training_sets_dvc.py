@@ -13,7 +13,12 @@ depends on the KB's length) is made.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -177,3 +182,28 @@ def test_each_knob_reaches_only_the_stage_that_reads_it(project: Path) -> None:
             {"changed deps": {str(training_set.relative_to(project)): "modified"}}
         ]
     }
+
+
+def test_a_killed_repro_resumes_training_on_the_next_repro(project: Path) -> None:
+    """`dvc repro` killed with the stage (SIGKILL to the process group, as `timeout -s KILL`
+    sends it) once a checkpoint is on disk: DVC leaves the checkpoints alone (not an out), and
+    the next `dvc repro` resumes from them and ends with the stage up to date."""
+    params_file = project / "params.yaml"
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["finetune_retriever"] |= {"epochs": 10, "eval_steps": 1}  # long enough to be killed
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    checkpoints = load_params(params_file).paths.checkpoints_dir / "finetune_retriever"
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    repro = [sys.executable, "-m", "dvc", "repro", "finetune_retriever"]
+    process = subprocess.Popen(repro, cwd=project, env=env, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("*/checkpoint-*/trainer_state.json")):
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint was saved"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+
+    rerun = dvc(project, "repro", "finetune_retriever")
+    assert re.search(r"finetune_retriever: resuming from checkpoint-\d+ \(step", rerun.stdout)
+    assert not checkpoints.exists()
+    assert "up to date" in dvc(project, "status", "finetune_retriever").stdout

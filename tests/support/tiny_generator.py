@@ -1,5 +1,6 @@
 """A tiny random-init Llama generator with a word-level tokenizer and a ChatML template, built
-offline in milliseconds, so generator code is tested for real without the 135M model."""
+offline in milliseconds, so generator code is tested for real without the 135M model; and the
+generator side's inputs of a tiny project around it."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import re
 from pathlib import Path
 
 import torch
+import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from tasks.lib.core.io import write_jsonl
+from tasks.lib.core.records import Doc, QARecord
 from tasks.lib.generation.generator import GenerationItem, Passage
+from tests.support.projects import REPO
 
 SPECIALS = ["<unk>", "<|im_start|>", "<|im_end|>"]
 CHATML = (
@@ -104,3 +109,73 @@ def items() -> list[GenerationItem]:
             answerable=True,
         ),
     ]
+
+
+def doc(doc_id: str, description: str) -> Doc:
+    return Doc(
+        id=doc_id,
+        title=doc_id.title(),
+        text=f"{doc_id} is a {description}.",
+        source="test",
+        description=description,
+    )
+
+
+def qa(record_id: str, gold: str, answerable: bool | None = None) -> QARecord:
+    return QARecord(
+        id=record_id,
+        question=f"What is {gold} ?",
+        answers=[gold],
+        doc_ids=[gold],
+        group=record_id,
+        answerable=answerable,
+    )
+
+
+def make_generator_project(root: Path, base: Path) -> Path:
+    """The generator side's inputs written by hand: a KB, real and KB questions, contexts."""
+    docs = [doc(d, f"{d} thing") for d in ("widget", "lighthouse", "glacier", "river")]
+    splits = {
+        "train": [qa("t1", "widget", True), qa("t2", "glacier", False)],
+        "dev": [qa("d1", "lighthouse", True), qa("d2", "river", False)],
+        "test": [qa("x1", "river", True)],
+    }
+    kb = {"train": [qa("kb:river", "river", True)], "dev": [qa("kb:widget", "widget", True)]}
+    contexts = {  # t2 and d1 miss their gold doc in the top 2
+        "t1": ["widget", "river"],
+        "t2": ["river", "widget", "glacier"],
+        "d1": ["glacier", "river", "lighthouse"],
+        "d2": ["river", "glacier"],
+        "kb:river": ["river", "lighthouse"],
+        "kb:widget": ["lighthouse", "widget"],
+    }
+    write_jsonl(root / "kb.jsonl", docs)
+    for split, records in splits.items():
+        write_jsonl(root / "qa" / f"{split}.jsonl", records)
+    for split, records in kb.items():
+        write_jsonl(root / "kb_questions" / f"{split}.jsonl", records)
+    write_jsonl(root / "contexts.jsonl", [{"id": q, "doc_ids": d} for q, d in contexts.items()])
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["paths"] |= {
+        "retrieval_docs": "kb.jsonl",
+        "retrieval_qa_dir": "qa",
+        "kb_questions_dir": "kb_questions",
+        "retrieved_contexts": "contexts.jsonl",
+        "generator_base_dir": str(base),
+        "generator_training_set": "generator_set",
+        "generator_dir": "tuned",
+        "generator_model": "tuned/model",
+    }
+    params["tracking"]["enabled"] = False
+    params["generator"] |= {"top_k": 2, "passage_tokens": 12, "instructions": INSTRUCTIONS}
+    params["finetune_generator"] |= {
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        "epochs": 1,
+        "batch_size": 2,
+        "warmup_steps": 0,
+        "eval_steps": 1,
+        "bf16": False,
+    }
+    params_file = root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return params_file

@@ -101,6 +101,7 @@ class PathsParams(Section):
     retrieval_docs: Path  # dedup's kept docs (in dedup_dir): the KB every later stage reads
     retrieval_qa_dir: Path  # kb_questions' QA splits (in kb_questions_dir): every later stage's QA
     embedding_cache: Path  # persistent embedding cache; never a dvc out (it must outlive reruns)
+    checkpoints_dir: Path  # training checkpoints per stage and run; never a dvc out (see above)
     index_dir: Path  # index -> faiss.index, bm25/, docs.jsonl, manifest.json (base encoder)
     tune_retrieval_dir: Path  # tune_retrieval -> fusion.json (the choice), grid.json
     fusion: Path  # tune_retrieval's chosen fusion for the base index (in tune_retrieval_dir)
@@ -333,6 +334,7 @@ class FinetuneGeneratorParams(Section):
     eval_steps: int = Field(ge=1)  # dev loss every this many steps; the best checkpoint is kept
     bf16: bool  # CPU autocast to bfloat16 (weights stay fp32)
     seed: int
+    resume: bool  # a killed run resumes from its last checkpoint (same data and params)
 
 
 class RetrieveContextsParams(Section):
@@ -472,6 +474,7 @@ class FinetuneRetrieverParams(Section):
     eval_corpus: int = Field(ge=0)  # dev evaluation corpus size; 0: the whole KB
     threads: int = Field(ge=0)  # torch threads; 0: one per core
     seed: int
+    resume: bool  # a killed run resumes from its last checkpoint (same data and params)
 
     @model_validator(mode="after")
     def _has_training_pairs(self) -> FinetuneRetrieverParams:
