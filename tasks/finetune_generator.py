@@ -8,7 +8,11 @@ prompt carries its task's instruction and the item's top-k passages, exactly as
 fine-tuning by params; the Hugging Face Trainer runs the loop, keeps the checkpoint with the best
 dev loss, and the stage saves the adapter and, for inference, the merged model as safetensors.
 Checkpoints carry the full training state under `paths.checkpoints_dir`, so a killed run resumes
-on the next `dvc repro` (`finetune_generator.resume`).
+on the next `dvc repro` (`finetune_generator.resume`). A run killed in its first epoch resumes to
+the uninterrupted run's model; transformers' length-grouped sampler draws each later epoch's order
+from the global RNG before the checkpoint's RNG state is restored, so a multi-epoch run resumed
+after its first epoch trains on another order (the default trains one epoch). A sampler seeded by
+epoch would fix that, but changes the default model's batch order and so its measured figures.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
     DataCollatorForSeq2Seq,
@@ -28,7 +31,6 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from tasks.lib.core.checkpoints import Checkpoints, folder_digest, run_key
 from tasks.lib.core.config import FinetuneGeneratorParams, GeneratorParams, load_params
@@ -80,35 +82,6 @@ def encode_items(
     ]
 
 
-class EpochSeededLengthSampler(LengthGroupedSampler):
-    """Length-grouped batches shuffled from (seed, epoch) rather than the global RNG, as the
-    sentence-transformers samplers are: a run resumed mid-epoch redraws the order the killed run
-    trained on, so skipping the batches it had done lands on the same remaining ones."""
-
-    def __init__(self, batch_size: int, dataset: Any, seed: int) -> None:
-        super().__init__(batch_size, dataset=dataset, generator=torch.Generator())
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Any:
-        self.generator.manual_seed(self.seed + self.epoch)
-        return super().__iter__()
-
-
-class ResumableTrainer(Trainer):
-    """The Trainer with its length-grouped train order made resumable."""
-
-    def _get_train_sampler(self, train_dataset: Any = None) -> EpochSeededLengthSampler:
-        args = self.args
-        return EpochSeededLengthSampler(
-            args.train_batch_size * args.gradient_accumulation_steps,
-            train_dataset if train_dataset is not None else self.train_dataset,
-            args.data_seed,
-        )
-
-
 def training_arguments(
     params: FinetuneGeneratorParams, checkpoints: Checkpoints
 ) -> TrainingArguments:
@@ -135,7 +108,7 @@ def training_arguments(
         greater_is_better=False,
         prediction_loss_only=True,
         logging_steps=max(1, params.eval_steps // 2),
-        train_sampling_strategy="group_by_length",  # dev batches; train: ResumableTrainer
+        train_sampling_strategy="group_by_length",
         include_num_input_tokens_seen="non_padding",
         bf16=params.bf16,
         use_cpu=True,
@@ -181,7 +154,7 @@ def finetune(
         params.model_dump(mode="json", exclude={"resume"}),
     )
     checkpoints = Checkpoints.open(STAGE, checkpoints_dir, key, params.resume)
-    trainer = ResumableTrainer(
+    trainer = Trainer(
         model=model,
         args=training_arguments(params, checkpoints),
         train_dataset=train_set,

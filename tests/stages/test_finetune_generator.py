@@ -311,9 +311,8 @@ def test_without_real_qa_generated_triples_train_and_evaluate_as_short_answers(
 
 def resumable_project(root: Path, base: Path) -> Path:
     """The generator project with its training set built and training long enough to be
-    killed mid-epoch: 3 train examples one a step for 3 epochs (9 steps), a checkpoint every 2
-    steps, LoRA dropout on (the resumed run must restore the RNG state), and a learning rate at
-    which the best dev loss comes early (step 4)."""
+    killed mid-run: 3 train examples one a step for 3 epochs (9 steps), a checkpoint every 2
+    steps, and LoRA dropout on (the resumed run must restore the RNG state)."""
     params_file = make_generator_project(root, base)
     generator_training_set.main(params_file)
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
@@ -332,9 +331,9 @@ def tuned_adapter(root: Path) -> tuple[dict[str, torch.Tensor], dict]:
 def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_model(
     tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """SIGKILL once checkpoint-6 is saved (mid-epoch), a checkpoint half written after it, then
-    a rerun: it resumes from checkpoint-6, reloads the best (checkpoint-4, from before the kill)
-    at the end, and ends with the uninterrupted run's weights."""
+    """SIGKILL once checkpoint-2 is saved (in the first epoch, as the default one-epoch training
+    always is), a checkpoint half written after it, then a rerun: it resumes from checkpoint-2
+    and ends with the uninterrupted run's weights and report."""
     params_file = resumable_project(tmp_path, tiny_dir)
     checkpoints = load_params(params_file).paths.checkpoints_dir / finetune_generator.STAGE
     finetune_generator.main(params_file)
@@ -342,23 +341,21 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_model(
     assert not checkpoints.exists()  # a successful run leaves none
     shutil.rmtree(tmp_path / "tuned")
 
-    kill_after_checkpoint(tmp_path, "tasks.finetune_generator", step=6)
+    kill_after_checkpoint(tmp_path, "tasks.finetune_generator", step=2)
     assert not (tmp_path / "tuned").exists()
     [run_dir] = checkpoints.iterdir()
-    kept = sorted(p.name for p in run_dir.glob("checkpoint-*"))
-    assert first["best_step"] == 4
-    assert kept == ["checkpoint-4", "checkpoint-6"]  # save_total_limit: the best and the latest
-    partial = run_dir / "checkpoint-8"  # what a kill while saving leaves: no trainer state
-    shutil.copytree(run_dir / "checkpoint-6", partial)
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-2"]
+    partial = run_dir / "checkpoint-4"  # what a kill while saving leaves: no trainer state
+    shutil.copytree(run_dir / "checkpoint-2", partial)
     (partial / "trainer_state.json").unlink()
 
     capsys.readouterr()
     finetune_generator.main(params_file)
     log = capsys.readouterr().out
-    assert "finetune_generator: removed checkpoint-8: incomplete (killed while saving)" in log
-    assert re.search(r"resuming from checkpoint-6 \(step 6 of 9, saved \d+ s ago\)", log), log
+    assert "finetune_generator: removed checkpoint-4: incomplete (killed while saving)" in log
+    assert re.search(r"resuming from checkpoint-2 \(step 2 of 9, saved \d+ s ago\)", log), log
     resumed, second = tuned_adapter(tmp_path)
-    assert (first["resumed_from_step"], second["resumed_from_step"]) == (0, 6)
+    assert (first["resumed_from_step"], second["resumed_from_step"]) == (0, 2)
     for key in ("steps", "best_step", "dev_loss_before", "dev_loss_best", "train_tokens"):
         assert second[key] == first[key], key
     assert resumed.keys() == uninterrupted.keys()
