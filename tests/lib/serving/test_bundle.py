@@ -16,6 +16,7 @@ from tasks.lib.core.io import InputError, write_json
 from tasks.lib.retrieval.retriever import EncoderMismatchError, Fusion, Retriever
 from tasks.lib.serving.bundle import components_spec, is_bundle, pin_components, save_bundle
 from tasks.lib.serving.champion import champion_retriever
+from tasks.lib.serving.integrity import MANIFEST_TAG
 from tasks.lib.serving.registry import promote, register_models
 from tests.support.retrieval import (
     build_tiny_index,
@@ -100,10 +101,14 @@ def test_registered_bundle_pins_its_components_and_serves_from_the_registry(
     for _ in range(2):  # the second round: versions 2, pinned to components v2
         versions = register_models(client, run_id, folders, "tiny-rag", pin_components)
     assert versions == {"tiny-retriever": "2", "tiny-generator": "2", "tiny-rag": "2"}
-    assert client.get_model_version("tiny-rag", "2").tags == {
+    tags = client.get_model_version("tiny-rag", "2").tags
+    assert {key: tags[key] for key in tags if key != MANIFEST_TAG} == {
         "pin.tiny-retriever": "2",
         "pin.tiny-generator": "2",
     }
+    assert {"MLmodel", "rag_model.py", "artifacts/components.json"} <= set(
+        json.loads(tags[MANIFEST_TAG])
+    )
     registered = Path(mlflow.artifacts.download_artifacts("models:/tiny-rag/2"))
     spec = json.loads((registered / "artifacts/components.json").read_text())
     assert spec["retriever"] == {"model": "tiny-retriever", "version": "2"}
