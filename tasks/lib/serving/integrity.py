@@ -97,6 +97,8 @@ def verify_folder(
 ) -> None:
     """Refuse unless `local` (a download of `inner` of `source`, "" for all of it) holds exactly
     the files `manifest` registered there, byte for byte: none changed, missing or added."""
+    from mlflow.store.artifact.models_artifact_repo import REGISTERED_MODEL_META_FILE_NAME
+
     prefix = f"{inner}/" if inner else ""
     expected = {
         rel: digest
@@ -108,10 +110,13 @@ def verify_folder(
     else:
         found = {prefix + rel: digest for rel, digest in folder_manifest(local).items()}
     changed = [rel for rel in expected.keys() & found if expected[rel] != found[rel]]
+    # MLflow itself writes its name-and-version note into a local store's version folder on a
+    # `models:/` download; nothing reads it on load.
+    added = found.keys() - expected.keys() - {REGISTERED_MODEL_META_FILE_NAME}
     problems = sorted(
         [(rel, "its bytes changed") for rel in changed]
         + [(rel, "it is missing") for rel in expected.keys() - found]
-        + [(rel, "it was never registered") for rel in found.keys() - expected]
+        + [(rel, "it was never registered") for rel in added]
     )
     if problems:
         rel, reason = problems[0]
