@@ -22,8 +22,10 @@ sha256 manifest the registry holds (`integrity`), and so is every component it p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,25 +104,30 @@ class RagAnswerer:
         ]
 
 
-def component_folder(spec: dict[str, str]) -> Path:
+@contextlib.contextmanager
+def component_folder(spec: dict[str, str]) -> Iterator[Path]:
     """A pinned registry version (downloaded from the current store and checked against its
-    registered manifest) or, before registration, a local folder."""
+    registered manifest) or, before registration, a local folder; a download is deleted once
+    the component is loaded from it (the model is then in memory)."""
     if "version" in spec:
         from mlflow import MlflowClient
 
-        # Like pyfunc's own downloads, the folder outlives the load: the model is read from it.
-        dst = Path(tempfile.mkdtemp(prefix="ragloop-component."))
-        return verified_download(MlflowClient(), spec["model"], str(spec["version"]), dst)
+        with tempfile.TemporaryDirectory(
+            prefix="ragloop-component.", ignore_cleanup_errors=True
+        ) as tmp:
+            yield verified_download(MlflowClient(), spec["model"], str(spec["version"]), Path(tmp))
+        return
     folder = Path(spec["path"])
     if not folder.is_dir():
         raise InputError(f"bundle: component {spec['model']!r} folder {folder} is missing")
-    return folder
+    yield folder
 
 
 def bundle_retriever(index_dir: Path, fusion_file: Path, encoder_spec: dict[str, str]) -> Retriever:
     """The bundle's retriever: its index and fusion with the encoder it names (loading raises
     EncoderMismatchError unless that is the encoder that built the index)."""
-    encoder = load_encoder(str(component_folder(encoder_spec)), Path())
+    with component_folder(encoder_spec) as folder:
+        encoder = load_encoder(str(folder), Path())
     return Retriever.load(index_dir, Fusion.from_file(fusion_file), encoder=encoder)
 
 
@@ -141,7 +148,8 @@ class RagBundle(mlflow.pyfunc.PythonModel):
         spec = json.loads(read_text(Path(context.artifacts[COMPONENTS])))
         artifacts = {key: Path(context.artifacts[key]) for key in (INDEX, FUSION)}
         retriever = bundle_retriever(artifacts[INDEX], artifacts[FUSION], spec["retriever"])
-        model, tokenizer = load_generator(component_folder(spec["generator"]))
+        with component_folder(spec["generator"]) as folder:
+            model, tokenizer = load_generator(folder)
         self.answerer = RagAnswerer(
             retriever,
             model.eval(),

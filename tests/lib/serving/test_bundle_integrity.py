@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -214,6 +215,21 @@ def test_ask_from_the_registry_refuses_a_tampered_champion_in_the_error_style(
     assert message.startswith("error: ") and "re-register or restore it" in message
     assert f"artifact config.json of {RETRIEVER} v{registered[RETRIEVER]}" in message
     assert "Traceback" not in result.output
+
+
+def test_an_untampered_registered_bundle_answers_and_leaves_no_component_download(
+    client: MlflowClient,
+    registered: dict[str, str],
+    bundle_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the components download
+    served = load_registered_bundle(client, RAG, registered[RAG], tmp_path / "dl")
+    assert served.predict(QUESTIONS) == load_bundle(bundle_dir).predict(QUESTIONS)
+    assert not list(scratch.iterdir())  # loaded, then deleted: the models are in memory
 
 
 def test_untampered_downloads_pass_whole_and_in_part_and_a_partial_one_is_checked(
