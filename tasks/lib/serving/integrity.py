@@ -133,18 +133,26 @@ def verified_download(
     """Download `version` of `model` (or only its file or folder `inner`) into a new folder
     under `dst`, check it against the registered manifest, and return its local path."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     manifest = registered_manifest(client, model, version)
     root = client.get_model_version_download_uri(model, version).rstrip("/")
     source = f"{root}/{inner}" if inner else root
     dst.mkdir(parents=True, exist_ok=True)
-    local = Path(
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=source,
-            # A fresh folder: nothing left by an earlier download can pass for this one.
-            dst_path=tempfile.mkdtemp(prefix="download.", dir=dst),
-            tracking_uri=client.tracking_uri,
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=source,
+                # A fresh folder: nothing left by an earlier download can pass for this one.
+                dst_path=tempfile.mkdtemp(prefix="download.", dir=dst),
+                tracking_uri=client.tracking_uri,
+            )
         )
-    )
+    except MlflowException as err:
+        raise ArtifactIntegrityError(
+            f"{source}: cannot download {inner or 'the files'} of {model} v{version} "
+            f"({err.message.splitlines()[-1]}): if the artifact store lost them, restore it "
+            "or re-register the version"
+        ) from err
     verify_folder(local, manifest, f"{model} v{version}", source, inner)
     return local

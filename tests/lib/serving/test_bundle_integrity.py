@@ -246,6 +246,10 @@ def test_untampered_downloads_pass_whole_and_in_part_and_a_partial_one_is_checke
     stored.write_text(stored.read_text().replace("Saturn", "Uranus"))
     with pytest.raises(ArtifactIntegrityError, match=rf"artifact artifacts/index/{DOCS_FILE} of"):
         bundle_artifact(client, RAG, version, INDEX, tmp_path / "again", DOCS_FILE)
+    stored.unlink()
+    lost = rf"cannot download artifacts/index/{DOCS_FILE} of {RAG} v{version}"
+    with pytest.raises(ArtifactIntegrityError, match=lost):
+        bundle_artifact(client, RAG, version, INDEX, tmp_path / "gone", DOCS_FILE)
 
 
 def test_a_version_registered_without_a_manifest_is_refused(
