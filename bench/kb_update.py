@@ -88,15 +88,16 @@ def timed(label: str, run: Any) -> tuple[dict[str, Any], float]:
 def serving_report(params: Params, deleted: str) -> None:
     """What the champion serves now: the answer to a question about an added doc, its sources,
     and whether any of its top hits is the deleted doc."""
-    import mlflow
+    from tasks.lib.serving.bundle import load_registered_bundle
 
     client = registry_client(params)
     version = aliases(client, params.register_.judged).get(CHAMPION)
-    model = mlflow.pyfunc.load_model(f"models:/{params.register_.judged}@{CHAMPION}")
-    (answer,) = model.predict([QUESTION])
+    with tempfile.TemporaryDirectory(prefix="ragloop-bench.") as tmp:
+        model = load_registered_bundle(client, params.register_.judged, version, Path(tmp))
+        (answer,) = model.predict([QUESTION])
+        probe = model.predict([f"What is {deleted}?"])[0]
     print(f"kb_update: champion v{version} asked {QUESTION!r}")
     print(f"kb_update:   answer {answer['answer']!r}, sources {answer['sources']}")
-    probe = model.predict([f"What is {deleted}?"])[0]
     print(f"kb_update:   deleted doc {deleted!r} in the retrieved: {deleted in probe['retrieved']}")
 
 

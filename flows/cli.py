@@ -204,24 +204,24 @@ def ask(
     bundle: Path = BUNDLE_OPTION,
     params: Path = PARAMS_OPTION,
 ) -> None:
-    """Answer a question with the champion RAG bundle from the registry, citing its sources."""
-    import mlflow
+    """Answer a question with the champion RAG bundle from the registry, citing its sources.
 
+    A registered bundle is checked file by file against the sha256 manifest the registry holds,
+    and any bundle against running other code than ragloop's, before it is loaded."""
+    from tasks.lib.serving.bundle import load_bundle, load_registered_bundle
     from tasks.lib.serving.registry import registry_client
 
     settings = _load(params)
     name = settings.register_.judged
-    with _user_errors():
+    with _user_errors(), tempfile.TemporaryDirectory(prefix="ragloop-ask.") as tmp:
         if bundle is not None:
             uri = str(bundle)
+            model = load_bundle(bundle)
         else:
-            registry_client(settings)  # points mlflow at the project's store
-            uri = f"models:/{name}@{alias}"
-        try:
-            model = mlflow.pyfunc.load_model(uri)
-        except mlflow.exceptions.MlflowException as err:
-            typer.echo(f"error: cannot load {uri}: {err.message}", err=True)
-            raise typer.Exit(1) from err
+            client = registry_client(settings)  # also points mlflow at the project's store
+            version = client.get_model_version_by_alias(name, alias).version
+            uri = f"models:/{name}/{version} (@{alias})"
+            model = load_registered_bundle(client, name, str(version), Path(tmp))
         (result,) = model.predict([question])
     typer.echo(result["answer"])
     typer.echo(f"sources ({uri}):")

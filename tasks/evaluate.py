@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 from pydantic import BaseModel, ConfigDict, StrictStr
 
@@ -52,6 +52,7 @@ from tasks.lib.core.skipped import skipped_reason, write_skipped_folder
 from tasks.lib.core.tracking import file_digest, metric_key, run_name, stage_run
 from tasks.lib.generation.metrics import score_prediction
 from tasks.lib.retrieval.metrics import score_rankings
+from tasks.lib.serving.bundle import load_bundle, load_registered_bundle
 from tasks.lib.serving.registry import CHAMPION, aliases, registry_client
 from tasks.lib.serving.scores import (
     CHANGE_SET,
@@ -197,12 +198,14 @@ def check_no_deleted(
             )
 
 
-def champion_bundle(params: Params, model: str) -> tuple[str, Any] | None:
-    """(version, loaded pyfunc) of the registry's champion, or None when there is none yet."""
-    version = aliases(registry_client(params), model).get(CHAMPION)
+def champion_bundle(params: Params, model: str, dst: Path) -> tuple[str, Any] | None:
+    """(version, loaded pyfunc) of the registry's champion, downloaded under `dst` and checked
+    against its registered manifest, or None when there is none yet."""
+    client = registry_client(params)
+    version = aliases(client, model).get(CHAMPION)
     if version is None:
         return None
-    return version, mlflow.pyfunc.load_model(f"models:/{model}/{version}")
+    return version, load_registered_bundle(client, model, version, dst)
 
 
 def system_table(systems: Mapping[str, Mapping[str, float]]) -> str:
@@ -260,14 +263,15 @@ def main(
     else:
         baselines = {}
 
-    with stage_run(run_name("evaluate", out), params) as run:
+    with (
+        stage_run(run_name("evaluate", out), params) as run,
+        tempfile.TemporaryDirectory(prefix="ragloop-evaluate.") as downloads,
+    ):
         bundle_dir = bundle if bundle is not None else paths.bundle_dir
-        bundles: dict[str, tuple[Any, str | None]] = {
-            CANDIDATE: (mlflow.pyfunc.load_model(str(bundle_dir)), None)
-        }
+        bundles: dict[str, tuple[Any, str | None]] = {CANDIDATE: (load_bundle(bundle_dir), None)}
         on_record: SystemScores | None = None
         if settings.rescore_champion and params.tracking.enabled:
-            champion = champion_bundle(params, params.register_.judged)
+            champion = champion_bundle(params, params.register_.judged, Path(downloads))
             if champion is not None:
                 bundles[CHAMPION] = (champion[1], champion[0])
                 run.set_tags({"champion_version": champion[0]})

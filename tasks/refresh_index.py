@@ -41,7 +41,8 @@ def main(params_file: Path = Path("params.yaml")) -> None:
 
     with stage_run("refresh_index", params) as run:
         # stage_run pointed mlflow at the project's store, where `models:/` URIs resolve.
-        model = load_encoder(str(component_folder(pinned.model_dump())), Path())
+        with component_folder(pinned.model_dump()) as folder:
+            model = load_encoder(str(folder), Path())
         with EmbeddingCache(params.paths.embedding_cache) as cache, atomic_path(out_dir) as tmp:
             manifest, stats = build_index(docs, model, encoder_id, cache, params.index, tmp)
         run.log_metrics(

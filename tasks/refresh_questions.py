@@ -54,7 +54,8 @@ def doc_to_query(
     )
     generated = generate_questions(model, tokenizer, docs, synth)
     del model
-    encoder = load_encoder(str(component_folder(champion.retriever.model_dump())), Path())
+    with component_folder(champion.retriever.model_dump()) as folder:
+        encoder = load_encoder(str(folder), Path())
     # Dense search alone decides the round trip: the fusion is never used.
     retriever = Retriever.load(
         params.paths.refresh_index_dir, Fusion.from_params(params.retrieval), encoder=encoder

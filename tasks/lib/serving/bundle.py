@@ -14,17 +14,25 @@ ranking the retriever returned.
 
 The pyfunc is saved as a *model from code* (`rag_model.py` beside this file): loading it runs
 that file, which is ragloop's own code, and never unpickles anything from the artifact store.
+Since loading runs the folder's copy of that file, `load_bundle` first checks that the copy is
+byte for byte the installed one, that the MLmodel names no other loader or code path, and that
+no pickle lies in the folder; a registered version is also checked file by file against the
+sha256 manifest the registry holds (`integrity`), and so is every component it pins.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import pandas as pd
+from mlflow.models import Model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.lib.core.config import BundleParams, GeneratorParams
@@ -33,11 +41,19 @@ from tasks.lib.generation.generator import GenerationItem, Passage, generate_ans
 from tasks.lib.generation.loader import load_generator
 from tasks.lib.retrieval.encoder import load_encoder
 from tasks.lib.retrieval.retriever import Fusion, Retriever
+from tasks.lib.serving.integrity import verified_download
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 MODEL_CODE = str(Path(__file__).with_name("rag_model.py"))  # the pyfunc as code, not a pickle
 COMPONENTS = "components"  # the artifact naming the encoder and generator, and the prompt
 COMPONENT_ROLES = ("retriever", "generator")  # the models a bundle names in COMPONENTS
 INDEX, FUSION = "index", "fusion"
+CODE_LOADER = "mlflow.pyfunc.loaders.code_model"  # pyfunc's loader of models from code
+# What pickle, cloudpickle, joblib and dill save under; loading any of them can run code.
+PICKLE_SUFFIXES = {".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill"}
+PICKLE_PROTOCOLS = range(2, 6)  # a pickle of protocol 2 or later opens with 0x80 and this byte
 
 
 @dataclass
@@ -88,21 +104,30 @@ class RagAnswerer:
         ]
 
 
-def component_folder(spec: dict[str, str]) -> Path:
-    """A pinned registry version (downloaded from the store) or, before registration, a folder."""
+@contextlib.contextmanager
+def component_folder(spec: dict[str, str]) -> Iterator[Path]:
+    """A pinned registry version (downloaded from the current store and checked against its
+    registered manifest) or, before registration, a local folder; a download is deleted once
+    the component is loaded from it (the model is then in memory)."""
     if "version" in spec:
-        uri = f"models:/{spec['model']}/{spec['version']}"
-        return Path(mlflow.artifacts.download_artifacts(uri))
+        from mlflow import MlflowClient
+
+        with tempfile.TemporaryDirectory(
+            prefix="ragloop-component.", ignore_cleanup_errors=True
+        ) as tmp:
+            yield verified_download(MlflowClient(), spec["model"], str(spec["version"]), Path(tmp))
+        return
     folder = Path(spec["path"])
     if not folder.is_dir():
         raise InputError(f"bundle: component {spec['model']!r} folder {folder} is missing")
-    return folder
+    yield folder
 
 
 def bundle_retriever(index_dir: Path, fusion_file: Path, encoder_spec: dict[str, str]) -> Retriever:
     """The bundle's retriever: its index and fusion with the encoder it names (loading raises
     EncoderMismatchError unless that is the encoder that built the index)."""
-    encoder = load_encoder(str(component_folder(encoder_spec)), Path())
+    with component_folder(encoder_spec) as folder:
+        encoder = load_encoder(str(folder), Path())
     return Retriever.load(index_dir, Fusion.from_file(fusion_file), encoder=encoder)
 
 
@@ -123,7 +148,8 @@ class RagBundle(mlflow.pyfunc.PythonModel):
         spec = json.loads(read_text(Path(context.artifacts[COMPONENTS])))
         artifacts = {key: Path(context.artifacts[key]) for key in (INDEX, FUSION)}
         retriever = bundle_retriever(artifacts[INDEX], artifacts[FUSION], spec["retriever"])
-        model, tokenizer = load_generator(component_folder(spec["generator"]))
+        with component_folder(spec["generator"]) as folder:
+            model, tokenizer = load_generator(folder)
         self.answerer = RagAnswerer(
             retriever,
             model.eval(),
@@ -195,3 +221,61 @@ def save_bundle(
             # Explicit: inferring them would load the whole model in a subprocess.
             pip_requirements=["ragloop"],
         )
+
+
+def is_pickle(path: Path) -> bool:
+    """A file named as a pickle, or whose first bytes are a pickle's (protocol 2 and later)."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return True
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    return len(head) == 2 and head[0] == 0x80 and head[1] in PICKLE_PROTOCOLS
+
+
+def check_bundle_folder(folder: Path) -> None:
+    """Refuse a folder whose loading would run anything but ragloop's installed model code: a
+    pickle anywhere in it, a pyfunc flavor naming another loader, data or code path, or a
+    `rag_model.py` that differs from the installed one."""
+    rebuild = "rebuild the bundle with this ragloop (`dvc repro bundle`)"
+    pickles = [path for path in sorted(folder.rglob("*")) if path.is_file() and is_pickle(path)]
+    if pickles:
+        raise InputError(
+            f"{pickles[0]}: a pickle in a bundle folder (loading it can run any code); ragloop "
+            f"bundles are models from code and hold none: {rebuild}"
+        )
+    mlmodel = folder / "MLmodel"
+    if not mlmodel.is_file():
+        raise InputError(f"{folder}: not a bundle folder (no MLmodel file)")
+    flavor = Model.load(str(mlmodel)).flavors.get("python_function") or {}
+    code_file = Path(MODEL_CODE).name
+    if (
+        flavor.get("loader_module") != CODE_LOADER
+        or Path(str(flavor.get("model_code_path", ""))).name != code_file
+        or flavor.get("code")
+        or "data" in flavor
+    ):
+        raise InputError(
+            f"{mlmodel}: its python_function flavor loads with "
+            f"{flavor.get('loader_module')!r} from {flavor.get('model_code_path')!r} (code path "
+            f"{flavor.get('code')!r}), not with {CODE_LOADER!r} from {code_file}: {rebuild}"
+        )
+    copy = folder / code_file
+    if not copy.is_file() or copy.read_bytes() != Path(MODEL_CODE).read_bytes():
+        raise InputError(
+            f"{copy}: not the installed {MODEL_CODE}, and loading the bundle would run it: "
+            f"{rebuild}"
+        )
+
+
+def load_bundle(folder: Path) -> mlflow.pyfunc.PyFuncModel:
+    """The bundle saved in `folder`, loaded once `check_bundle_folder` found it safe to run."""
+    check_bundle_folder(folder)
+    return mlflow.pyfunc.load_model(str(folder))
+
+
+def load_registered_bundle(
+    client: MlflowClient, model: str, version: str, dst: Path
+) -> mlflow.pyfunc.PyFuncModel:
+    """`version` of the bundle `model`, downloaded under `dst` (which must outlive the model),
+    checked against its registered manifest, then loaded as a local folder."""
+    return load_bundle(verified_download(client, model, version, dst))

@@ -3,8 +3,9 @@ versions it pins, and the docs its index was built from.
 
 The refresh path diffs the new KB against this and never against a local file: the champion may
 have been promoted by hand or from another machine, and only the registry knows which one
-serves. Only the files needed are downloaded (the index's `docs.jsonl`, not its vectors); where
-a bundle keeps each artifact is read from its MLmodel file, as pyfunc itself does.
+serves. Only the files needed are downloaded (the index's `docs.jsonl`, not its vectors), each
+checked against the version's registered manifest; where a bundle keeps each artifact is read
+from its MLmodel file, as pyfunc itself does.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import mlflow
 from mlflow.models import Model
 
 from tasks.lib.core.io import InputError, json_lines, read_text
 from tasks.lib.retrieval.index_store import DOCS_FILE
 from tasks.lib.retrieval.retriever import Retriever
 from tasks.lib.serving.bundle import COMPONENT_ROLES, COMPONENTS, FUSION, INDEX, bundle_retriever
+from tasks.lib.serving.integrity import verified_download
 from tasks.lib.serving.registry import CHAMPION, aliases
 
 if TYPE_CHECKING:
@@ -36,26 +37,18 @@ class ChampionState:
     docs: list[dict[str, str]]  # id, title, text of every doc its index holds
 
 
-def _download(client: MlflowClient, uri: str, dst: Path) -> Path:
-    return Path(
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=str(dst), tracking_uri=client.tracking_uri
-        )
-    )
-
-
 def bundle_artifact(
     client: MlflowClient, model: str, version: str, key: str, dst: Path, inner: str = ""
 ) -> Path:
     """Download the bundle artifact `key` (index, fusion, components) of a registered version,
-    or only the file `inner` inside it, into `dst`."""
-    root = client.get_model_version_download_uri(model, version).rstrip("/")
-    mlmodel = Model.load(str(_download(client, f"{root}/MLmodel", dst / "mlmodel")))
+    or only the file `inner` inside it, into `dst`, each download checked against the version's
+    registered manifest."""
+    mlmodel = Model.load(str(verified_download(client, model, version, dst, "MLmodel")))
     artifacts = mlmodel.flavors.get("python_function", {}).get("artifacts") or {}
     if key not in artifacts:
         raise InputError(f"{model} v{version}: not a ragloop bundle (no {key!r} artifact)")
     relative = "/".join(part for part in (artifacts[key]["path"], inner) if part)
-    return _download(client, f"{root}/{relative}", dst / key)
+    return verified_download(client, model, version, dst, relative)
 
 
 def champion_retriever(client: MlflowClient, model: str, dst: Path) -> tuple[str, Retriever] | None:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.lib.core.config import Params
 from tasks.lib.core.tracking import ensure_experiment, tracking_uri
+from tasks.lib.serving.integrity import manifest_tags
 from tasks.lib.serving.registry_writes import (
     RegistryError,
     Slot,
@@ -84,14 +85,17 @@ def register_folder(
 
     `mlflow.register_model("runs:/...")` wants a logged model (MLmodel file); a plain folder
     (a sentence-transformers save, a HF save, a saved pyfunc) is registered from its artifact
-    URI instead, and `models:/name/N` then downloads exactly that folder.
+    URI instead, and `models:/name/N` then downloads exactly that folder. The sha256 of its
+    every file is tagged on the version (`integrity.manifest_tags`): downloads are checked
+    against it before anything is loaded.
     """
     if not folder.is_dir():
         raise RegistryError(f"{folder}: model folder not found (did its stage run?)")
+    tags = {**(tags or {}), **manifest_tags(client, run_id, folder)}
     client.log_artifacts(run_id, str(folder), artifact_path=name)
     source = f"{client.get_run(run_id).info.artifact_uri}/{name}"
     ensure_registered_model(client, name)
-    version = client.create_model_version(name, source=source, run_id=run_id, tags=dict(tags or {}))
+    version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
     return str(version.version)
 
 

@@ -11,54 +11,26 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tasks.lib.core.config import BundleParams, GeneratorParams
-from tasks.lib.core.io import InputError, write_json
-from tasks.lib.retrieval.retriever import EncoderMismatchError, Fusion, Retriever
-from tasks.lib.serving.bundle import components_spec, is_bundle, pin_components, save_bundle
+from tasks.lib.core.io import InputError
+from tasks.lib.retrieval.retriever import EncoderMismatchError, Retriever
+from tasks.lib.serving.bundle import (
+    components_spec,
+    is_bundle,
+    load_registered_bundle,
+    pin_components,
+    save_bundle,
+)
 from tasks.lib.serving.champion import champion_retriever
-from tasks.lib.serving.registry import promote, register_models
-from tests.support.retrieval import (
-    build_tiny_index,
-    make_tiny_encoder,
+from tasks.lib.serving.integrity import MANIFEST_TAG
+from tasks.lib.serving.registry import promote
+from tests.support.bundle import (
+    FUSION,
+    GENERATOR,
+    QUESTIONS,
+    SERVING,
+    register_bundle,
+    sqlite_registry,
 )
-from tests.support.tiny_generator import INSTRUCTIONS, make_tiny_generator
-
-GENERATOR = GeneratorParams(top_k=2, passage_tokens=12, max_new_tokens=4, instructions=INSTRUCTIONS)
-SERVING = BundleParams(
-    retriever_model="tiny-retriever",
-    generator_model="tiny-generator",
-    mode="hybrid",
-    depth=5,
-    batch_size=4,
-)
-FUSION = Fusion(rrf_k=60, dense_weight=0.7, bm25_weight=0.3, candidates=10)
-QUESTIONS = ["Which planet has bright rings?", "What grinds grain with wind?", "Violin strings?"]
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two tiny encoders (the index is built by the first), fusion file, tiny generator."""
-    root = tmp_path_factory.mktemp("bundle_parts")
-    encoder, other = make_tiny_encoder(root, seed=0), make_tiny_encoder(root, seed=1)
-    build_tiny_index(encoder, root / "index")
-    write_json(root / "fusion.json", {"fusion": vars(FUSION)})
-    generator = make_tiny_generator(root / "generator")
-    return {
-        "root": root,
-        "encoder": encoder,
-        "other": other,
-        "index": root / "index",
-        "fusion": root / "fusion.json",
-        "generator": generator,
-    }
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(parts: dict[str, Path]) -> Path:
-    out = parts["root"] / "bundle"
-    spec = components_spec(parts["encoder"], parts["generator"], GENERATOR, SERVING)
-    save_bundle(out, parts["index"], parts["fusion"], spec)
-    return out
 
 
 def test_bundle_answers_citing_what_its_retriever_ranks(bundle_dir: Path, parts) -> None:
@@ -87,23 +59,19 @@ def test_registered_bundle_pins_its_components_and_serves_from_the_registry(
     bundle_dir: Path, parts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    uri, experiment = sqlite_registry(tmp_path)
     client = MlflowClient(uri)
-    run_id = client.create_run(experiment).info.run_id
-    folders = {
-        "tiny-retriever": parts["encoder"],
-        "tiny-generator": parts["generator"],
-        "tiny-rag": bundle_dir,
-    }
     for _ in range(2):  # the second round: versions 2, pinned to components v2
-        versions = register_models(client, run_id, folders, "tiny-rag", pin_components)
+        versions = register_bundle(client, experiment, parts, bundle_dir)
     assert versions == {"tiny-retriever": "2", "tiny-generator": "2", "tiny-rag": "2"}
-    assert client.get_model_version("tiny-rag", "2").tags == {
+    tags = client.get_model_version("tiny-rag", "2").tags
+    assert {key: tags[key] for key in tags if key != MANIFEST_TAG} == {
         "pin.tiny-retriever": "2",
         "pin.tiny-generator": "2",
     }
+    assert {"MLmodel", "rag_model.py", "artifacts/components.json"} <= set(
+        json.loads(tags[MANIFEST_TAG])
+    )
     registered = Path(mlflow.artifacts.download_artifacts("models:/tiny-rag/2"))
     spec = json.loads((registered / "artifacts/components.json").read_text())
     assert spec["retriever"] == {"model": "tiny-retriever", "version": "2"}
@@ -111,7 +79,8 @@ def test_registered_bundle_pins_its_components_and_serves_from_the_registry(
     local = json.loads((bundle_dir / "artifacts/components.json").read_text())
     assert "path" in local["retriever"]  # the stage's own folder is left as it was
 
-    served = mlflow.pyfunc.load_model("models:/tiny-rag/2").predict(QUESTIONS)
+    # Served as `ragloop ask` serves it: downloaded, checked against its manifest, loaded.
+    served = load_registered_bundle(client, "tiny-rag", "2", tmp_path / "dl").predict(QUESTIONS)
     assert served == mlflow.pyfunc.load_model(str(bundle_dir)).predict(QUESTIONS)
 
     # What the champion searches, without its generator: the same ranking it answers from.

@@ -22,6 +22,7 @@ from flows.cli import app
 from tasks import register
 from tasks.lib.core.config import load_params
 from tasks.lib.core.tracking import PARENT_RUN_ENV, stage_run
+from tasks.lib.serving.integrity import verified_download
 from tasks.lib.serving.registry import (
     CHALLENGER,
     CHAMPION,
@@ -157,6 +158,9 @@ def test_register_gate_promote_rollback_round_trip(on_server: MlflowClient, tmp_
         f"models:/{bundle}/{v1}", dst_path=str(tmp_path / "dl")
     )
     assert json.loads((Path(local) / "config.json").read_text())["marker"] == f"{bundle}-r1"
+    # Checked against its registered sha256 manifest through the server's artifact proxy too.
+    checked = verified_download(on_server, bundle, v1, tmp_path / "checked")
+    assert (checked / "config.json").read_text() == (Path(local) / "config.json").read_text()
     # Its run carries the candidate metrics, and the gate's numbers; so do the version's tags.
     run_metrics = on_server.get_run(on_server.get_model_version(bundle, v1).run_id).data.metrics
     assert run_metrics["recall_at_10"] == 0.70 and run_metrics["gate.promote"] == 1.0
