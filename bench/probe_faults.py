@@ -12,7 +12,7 @@ import socket
 import sys
 import threading
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,8 @@ def killed_mid_write(root: Path, timeout: float) -> Outcome:
     kb_dir, written, deadline = root / "data/kb", 0, time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline and not written:
         for tmp in kb_dir.glob(".docs.jsonl.*/docs.jsonl"):
-            written = tmp.stat().st_size if tmp.exists() else 0
+            with suppress(FileNotFoundError):  # renamed into place meanwhile
+                written = tmp.stat().st_size
         if written:
             os.killpg(proc.pid, signal.SIGKILL)
         time.sleep(0.001)
@@ -137,6 +138,7 @@ def concurrent_repro(root: Path, timeout: float) -> Outcome:
 
 
 MARKER = "pickle_ran.marker"
+ASK = ("ask", "What is a widget?", "--bundle")
 
 
 class Payload:
@@ -222,14 +224,21 @@ def fault_cases() -> list[Case]:
             "ask --bundle, malicious pickle",
             "fault",
             malicious_bundle,
-            ragloop("ask", "What is a widget?", "--bundle", "evil_bundle"),
+            ragloop(*ASK, "evil_bundle"),
+            check=marker_absent,
+        ),
+        Case(
+            "malicious pickle, unpickling allowed",
+            "fault",
+            malicious_bundle,
+            ragloop(*ASK, "evil_bundle", env={"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}),
             check=marker_absent,
         ),
         Case(
             "ask --bundle, no such folder",
             "fault",
             nothing,
-            ragloop("ask", "What is a widget?", "--bundle", "no_bundle"),
+            ragloop(*ASK, "no_bundle"),
         ),
         Case("rollback, no previous champion", "fault", nothing, ragloop("rollback")),
         Case("promote --version 999", "fault", nothing, ragloop("promote", "--version", "999")),
