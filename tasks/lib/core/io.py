@@ -101,15 +101,38 @@ def _check_surrogates(obj: Any, line: str, where: str) -> None:
             )
 
 
+class DuplicateKeyError(ValueError):
+    """One key twice in an object: Python's json keeps the last silently, other readers differ."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise DuplicateKeyError(key)
+        obj[key] = value
+    return obj
+
+
 def parse_json(line: str, where: str) -> Any:
     """Strict JSON: what Python's json accepts but UTF-8 or other JSON readers do not is an
-    error naming `where` (NaN and Infinity, floats beyond range, lone surrogate escapes), and so
-    are the limits of this reader (nesting depth, digits of an integer)."""
+    error naming `where` (NaN and Infinity, floats beyond range, lone surrogate escapes, a key
+    twice in one object), and so are the limits of this reader (nesting depth, digits of an
+    integer)."""
     try:
-        obj = json.loads(line, parse_constant=_reject_constant, parse_float=_finite_float)
+        obj = json.loads(
+            line,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_unique_keys,
+        )
         _check_surrogates(obj, line, where)
     except json.JSONDecodeError as err:
         raise InputError(f"{where}: malformed JSON: {err.msg} (column {err.colno})") from err
+    except DuplicateKeyError as err:
+        raise InputError(
+            f"{where}: key {err.args[0]!r} appears twice in one object: keep one of them"
+        ) from err
     except RecursionError as err:
         raise InputError(f"{where}: JSON nested too deeply for this reader: flatten it") from err
     except ValueError as err:  # from parse_constant, parse_float or the integer digits limit

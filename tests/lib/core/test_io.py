@@ -75,8 +75,22 @@ def test_surrogate_pair_escape_is_one_character(tmp_path: Path) -> None:
             '{"id": "x", "title": "X", "text": "t", "source": "s", "n": 1e999}',
             "1e999 is too large for a float: write it as a string (or null)",
         ),
+        (
+            '{"id": "x", "title": "X", "text": "first", "text": "second", "source": "s"}',
+            "key 'text' appears twice in one object: keep one of them",
+        ),
     ],
-    ids=["lone-surrogate", "surrogate-key", "nesting", "huge-int", "nan", "inf", "-inf", "1e999"],
+    ids=[
+        "lone-surrogate",
+        "surrogate-key",
+        "nesting",
+        "huge-int",
+        "nan",
+        "inf",
+        "-inf",
+        "1e999",
+        "duplicate-key",
+    ],
 )
 def test_json_python_accepts_but_later_stages_cannot_use(
     tmp_path: Path, line: str, message: str
