@@ -40,6 +40,13 @@ def read_text(path: Path) -> str:
         data = path.read_bytes()
     except FileNotFoundError as err:
         raise InputError(f"{path}: file not found") from err
+    except PermissionError as err:
+        raise InputError(
+            f"{path}: cannot read it (permission denied): make it readable for this user "
+            "(ls -l, chmod) and rerun"
+        ) from err
+    except IsADirectoryError as err:
+        raise InputError(f"{path}: a folder stands where a file is needed: move it away") from err
     try:
         return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:

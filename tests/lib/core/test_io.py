@@ -102,3 +102,9 @@ def test_json_python_accepts_but_later_stages_cannot_use(
         read_jsonl(path, Doc)
     assert str(info.value).startswith(f"{path}:2: ")
     assert message in str(info.value)
+
+
+def test_a_folder_where_a_file_is_read_is_a_message(tmp_path: Path) -> None:
+    (tmp_path / "docs.jsonl").mkdir()
+    with pytest.raises(InputError, match="a folder stands where a file is needed: move it away"):
+        read_jsonl(tmp_path / "docs.jsonl", Doc)
