@@ -133,7 +133,7 @@ def test_cli_own_exits_pass_through_and_crashes_are_one_line(
         app, ["ask", "q?", "--bundle", str(tmp_path / "none"), "--params", str(params_file)]
     )
     assert missing.exit_code == 1
-    assert missing.stderr.startswith(f"error: cannot load {tmp_path / 'none'}: ")
+    assert missing.stderr == f"error: {tmp_path / 'none'}: not a bundle folder (no MLmodel file)\n"
     assert "failed: Exit" not in missing.stderr
     usage = CliRunner().invoke(app, ["search", "q", "--mode", "dense2"])
     assert usage.exit_code == 2 and "must be one of dense, bm25, hybrid" in usage.stderr
