@@ -8,11 +8,11 @@ prompt carries its task's instruction and the item's top-k passages, exactly as
 fine-tuning by params; the Hugging Face Trainer runs the loop, keeps the checkpoint with the best
 dev loss, and the stage saves the adapter and, for inference, the merged model as safetensors.
 Checkpoints carry the full training state under `paths.checkpoints_dir`, so a killed run resumes
-on the next `dvc repro` (`finetune_generator.resume`). A run killed in its first epoch resumes to
-the uninterrupted run's model; transformers' length-grouped sampler draws each later epoch's order
-from the global RNG before the checkpoint's RNG state is restored, so a multi-epoch run resumed
-after its first epoch trains on another order (the default trains one epoch). A sampler seeded by
-epoch would fix that, but changes the default model's batch order and so its measured figures.
+on the next `dvc repro` (`finetune_generator.resume`). The resumed run restores the adapter,
+optimizer, scheduler and RNG state, but transformers' length-grouped sampler redraws the rest of
+the order from the global RNG, so the remaining batches differ from the killed run's and the
+final model is close to, not identical with, an uninterrupted run's. A sampler seeded by epoch
+would make it exact, but changes the default model's batch order and so its measured figures.
 """
 
 from __future__ import annotations
