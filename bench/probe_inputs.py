@@ -86,7 +86,7 @@ def nothing(root: Path) -> None:
 
 def kb_docs(root: Path) -> dict[str, dict[str, Any]]:
     path = root / "data/kb/docs.jsonl"
-    rows = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    rows = [json.loads(ln) for ln in path.read_text(encoding="utf-8").split("\n") if ln.strip()]
     return {row["id"]: row for row in rows}
 
 
@@ -152,7 +152,7 @@ def question_once(question: str) -> Callable[[Path, Outcome], str | None]:
         seen = [
             split.stem
             for split in sorted((root / "data/dedup/qa").glob("*.jsonl"))
-            for ln in split.read_text(encoding="utf-8").splitlines()
+            for ln in split.read_text(encoding="utf-8").split("\n")
             if ln.strip() and json.loads(ln)["question"] == question
         ]
         return f"the same question kept in splits {seen}" if len(seen) > 1 else None
