@@ -110,7 +110,10 @@ def stages(*names: str, wrap: tuple[str, ...] = (), **kwargs: Any) -> Command:
         outcome = Outcome(0, "", "")
         for name in names:
             argv = [*wrap, sys.executable, "-m", f"tasks.{name}"]
+            said = outcome
             outcome = execute(argv, root, timeout, **kwargs)
+            # What every stage run said counts (ingest's warnings, not only the last stage's).
+            outcome.out, outcome.err = said.out + outcome.out, said.err + outcome.err
             if outcome.rc != 0:
                 outcome.failed_stage = name
                 break
