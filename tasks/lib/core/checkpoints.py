@@ -22,6 +22,8 @@ from typing import Any
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from tasks.lib.core.tracking import folder_manifest
+
 # The trainer writes this file last in a checkpoint: without it (or half written) the process
 # was killed while saving, and the checkpoint is unusable.
 TRAINER_STATE = "trainer_state.json"
@@ -38,13 +40,8 @@ def run_key(*parts: Any) -> str:
 
 def folder_digest(folder: Path) -> str:
     """sha256 of every file's relative name and bytes under `folder` (a base model folder)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(folder).as_posix()}\n".encode())
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    manifest = json.dumps(folder_manifest(folder), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(manifest.encode()).hexdigest()
 
 
 def _trainer_state(checkpoint: Path) -> dict[str, Any] | None:

@@ -115,6 +115,15 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def folder_manifest(folder: Path) -> dict[str, str]:
+    """Relative POSIX path -> sha256 of every file under `folder`."""
+    return {
+        path.relative_to(folder).as_posix(): file_digest(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
 def kb_docs_digest(docs_path: Path) -> str:
     """Fingerprint of the canonical docs file: ingest writes it sorted, so equal KB, equal hash."""
     return file_digest(docs_path)

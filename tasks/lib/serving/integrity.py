@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks.lib.core.io import InputError, read_text
-from tasks.lib.core.tracking import file_digest
+from tasks.lib.core.tracking import file_digest, folder_manifest
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -34,15 +34,6 @@ REPAIR = "the artifact store was modified after registration; re-register or res
 
 class ArtifactIntegrityError(InputError):
     """A download that is not what was registered: nothing from it may be loaded."""
-
-
-def folder_manifest(folder: Path) -> dict[str, str]:
-    """Relative POSIX path -> sha256 of every file under `folder`."""
-    return {
-        path.relative_to(folder).as_posix(): file_digest(path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
 
 
 def manifest_tags(client: MlflowClient, run_id: str, folder: Path) -> dict[str, str]:
