@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from tasks.lib.core.io import InputError
+from tasks.lib.core.precision import PrecisionSetting
 
 PROJECT_DIR = "project_dir"  # the validation context key: the folder holding params.yaml
 
@@ -264,6 +265,15 @@ class RegisterParams(Section):
         if self.judged not in self.models:
             raise ValueError(f"judged {self.judged!r} is not one of models {list(self.models)}")
         return self
+
+
+class PrecisionParams(Section):
+    """CPU number format per use; `auto` resolves on the machine that runs (see precision)."""
+
+    encode: PrecisionSetting
+    generate: Literal["auto", "fp32", "bf16"]
+    train_retriever: Literal["auto", "fp32", "bf16"]
+    train_generator: Literal["auto", "fp32", "bf16"]
 
 
 class RetrainParams(Section):
@@ -518,6 +528,7 @@ class Params(Section):
     validate_: ValidateParams = Field(alias="validate")
     dedup: DedupParams
     tracking: TrackingParams
+    precision: PrecisionParams
     register_: RegisterParams = Field(alias="register")
     retrain: RetrainParams
     prepare_generator: PrepareGeneratorParams
