@@ -9,7 +9,7 @@ JSON; given a baseline profile (`--baseline`, recorded by an earlier run of this
 measured in the same run with `--baseline-ref`), it prints the ratio per stage and in total.
 
     python bench/pipeline_profile.py [--ref HEAD] [--baseline-ref REF | --baseline FILE]
-        [--out profile.json] [--keep]
+        [--out profile.json] [--keep] [STAGE ...]
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def stage_seconds_from_store(project: Path) -> dict[str, float]:
     return found
 
 
-def profile(ref: str, keep: bool) -> dict[str, Any]:
-    """Clone `ref`, run `dvc repro` cold, and return its seconds per stage."""
+def profile(ref: str, keep: bool, targets: list[str]) -> dict[str, Any]:
+    """Clone `ref`, run `dvc repro [targets]` cold, and return its seconds per stage."""
     commit = git_commit(ref)
     scratch = Path(tempfile.mkdtemp(prefix=f"ragloop-profile-{commit[:8]}-"))
     project = scratch / "project"
@@ -67,7 +67,7 @@ def profile(ref: str, keep: bool) -> dict[str, Any]:
     starts: list[tuple[str, float]] = []
     t0 = time.monotonic()
     with subprocess.Popen(
-        ["dvc", "repro"],
+        ["dvc", "repro", *targets],
         cwd=project,
         env=env,
         stdout=subprocess.PIPE,
@@ -90,6 +90,7 @@ def profile(ref: str, keep: bool) -> dict[str, Any]:
     result = {
         "ref": ref,
         "commit": commit,
+        "targets": targets,
         "total_seconds": round(total, 1),
         "stages": stages,
         "stage_seconds_logged": stage_seconds_from_store(project),
@@ -142,6 +143,9 @@ def main() -> None:
     group.add_argument("--baseline-ref", help="profile this ref first, in the same run")
     parser.add_argument("--out", type=Path, help="write this run's profile here (JSON)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch clones")
+    parser.add_argument(
+        "targets", nargs="*", help="stages to reproduce (with what they need); default all"
+    )
     args = parser.parse_args()
     baseline = None
     if args.baseline:
@@ -150,8 +154,8 @@ def main() -> None:
         except (OSError, ValueError) as exc:
             sys.exit(f"error: cannot read the baseline profile {args.baseline}: {exc}")
     elif args.baseline_ref:
-        baseline = profile(args.baseline_ref, args.keep)
-    current = profile(args.ref, args.keep)
+        baseline = profile(args.baseline_ref, args.keep, args.targets)
+    current = profile(args.ref, args.keep, args.targets)
     if args.out:
         args.out.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
     print_table(current, baseline)
