@@ -342,7 +342,6 @@ class FinetuneGeneratorParams(Section):
     warmup_steps: int = Field(ge=0)
     weight_decay: float = Field(ge=0)
     eval_steps: int = Field(ge=1)  # dev loss every this many steps; the best checkpoint is kept
-    bf16: bool  # CPU autocast to bfloat16 (weights stay fp32)
     seed: int
     resume: bool  # a killed run resumes from its last checkpoint (same data and params)
 
