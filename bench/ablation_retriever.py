@@ -49,6 +49,7 @@ from tasks.ingest import split_by_group
 from tasks.lib.core.assets import package_file
 from tasks.lib.core.config import FinetuneRetrieverParams, Params, SplitParams, load_params
 from tasks.lib.core.io import read_text, write_json, write_jsonl
+from tasks.lib.core.precision import resolve_precision
 from tasks.lib.core.records import SPLITS, QARecord, read_docs, read_qa, read_qa_splits
 from tasks.lib.core.report import interval_cell, markdown_table
 from tasks.lib.core.stats import bootstrap_interval
@@ -262,6 +263,7 @@ def main() -> None:
         )
 
     base = subset_scores(subsets, dense_rankings(args.params, params, None, test))
+    precision = resolve_precision(params.precision.train_retriever, "train_retriever")
     work.mkdir(parents=True, exist_ok=True)
     # rows of earlier runs in this folder stay, so variants can be run one call at a time
     earlier = work / "ablation.json"
@@ -269,7 +271,8 @@ def main() -> None:
     for name in names:
         out = work / name
         training_set, _ = build(params, chosen[name])
-        metrics = finetune(params, chosen[name], training_set, out, work / "checkpoints" / name)
+        checkpoints = work / "checkpoints" / name
+        metrics = finetune(params, chosen[name], precision, training_set, out, checkpoints)
         encoder = model_dir(params, out)
         tuned = subset_scores(subsets, dense_rankings(args.params, params, encoder, test))
         row = {"variant": name, "pairs": metrics["pairs"]}

@@ -6,9 +6,10 @@ full fine-tuning setup from params) on the same examples (the stage's own traini
 batch size and learning rate, in this process.
 The plain run is what one writes first: right padding (DataCollatorForSeq2Seq), logits over
 every position, random batches, fp32. The stage adds answer-only logits, length-grouped
-batches and, when `finetune_generator.bf16` is set, bf16 autocast. Rounds alternate the two runs
-so that load from other processes on a shared machine hits both alike; the figure is the
-non-pad training tokens per second (dev evaluation excluded), and the ratio stage / plain.
+batches and, when `precision.train_generator` resolves to bf16, bf16 autocast. Rounds
+alternate the runs so that load from other processes on a shared machine hits them alike; the
+figure is the non-pad training tokens per second (dev evaluation excluded), and the ratio
+stage / plain.
 When the stage uses bf16, a third run (the stage in fp32) separates what bf16 gives from what
 answer-only logits and length grouping give.
 
@@ -32,6 +33,7 @@ from transformers import (
 
 from tasks.finetune_generator import encode_items, finetune, with_lora
 from tasks.lib.core.config import Params, load_params
+from tasks.lib.core.precision import Precision, resolve_precision
 from tasks.lib.generation.data import read_items
 from tasks.lib.generation.generator import IGNORE_INDEX, GenerationItem, ensure_pad_token
 from tasks.lib.generation.loader import load_generator
@@ -74,15 +76,15 @@ def plain_trainer_tokens_per_second(
 
 
 def stage_tokens_per_second(
-    params: Params, base_dir: Path, items: list[GenerationItem], bf16: bool
+    params: Params, base_dir: Path, items: list[GenerationItem], precision: Precision
 ) -> tuple[float, int, float]:
     """The stage itself (one epoch, dev = two examples), timed end to end as well."""
-    update = {"epochs": 1, "eval_steps": 10_000, "bf16": bf16}
-    tune = params.finetune_generator.model_copy(update=update)
+    tune = params.finetune_generator.model_copy(update={"epochs": 1, "eval_steps": 10_000})
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
+        out_dir, checkpoints_dir = Path(out) / "g", Path(out) / "ckpt"
         report = finetune(
-            base_dir, items, items[:2], params.generator, tune, Path(out) / "g", Path(out) / "ckpt"
+            base_dir, items, items[:2], params.generator, tune, precision, out_dir, checkpoints_dir
         )
     return report["tokens_per_second"], report["train_tokens"], time.perf_counter() - start
 
@@ -92,21 +94,22 @@ def main(params_file: Path, n_examples: int, rounds: int) -> None:
     base_dir = params.paths.generator_base_dir
     items = bench_items(params, n_examples)
     tune = params.finetune_generator
+    precision = resolve_precision(params.precision.train_generator, "train_generator")
     print(
         f"bench_generator: {len(items)} examples, method {tune.method}, batch "
-        f"{tune.batch_size}, stage bf16 {tune.bf16}, {rounds} rounds (shared CPU: noisy)"
+        f"{tune.batch_size}, stage in {precision}, {rounds} rounds (shared CPU: noisy)"
     )
     # The stage as configured, and (when it uses bf16) the same in fp32, to show what bf16 gives.
-    arms = {f"stage (bf16 {tune.bf16})": tune.bf16}
-    if tune.bf16:
-        arms["stage (bf16 False)"] = False
+    arms: dict[str, Precision] = {f"stage ({precision})": precision}
+    if precision == "bf16":
+        arms["stage (fp32)"] = "fp32"
     rates: dict[str, list[float]] = {"plain Trainer": []} | {name: [] for name in arms}
     for round_ in range(1, rounds + 1):
         rate, tokens = plain_trainer_tokens_per_second(params, base_dir, items)
         rates["plain Trainer"].append(rate)
         print(f"  round {round_}: {'plain Trainer':18s} {rate:6.1f} tokens/s ({tokens} tokens)")
-        for name, bf16 in arms.items():
-            rate, tokens, wall = stage_tokens_per_second(params, base_dir, items, bf16)
+        for name, arm in arms.items():
+            rate, tokens, wall = stage_tokens_per_second(params, base_dir, items, arm)
             rates[name].append(rate)
             print(
                 f"  round {round_}: {name:18s} {rate:6.1f} tokens/s ({tokens} tokens; "

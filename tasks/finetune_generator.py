@@ -7,6 +7,7 @@ prompt carries its task's instruction and the item's top-k passages, exactly as
 `evaluate_generation` will prompt. Loss on answer tokens only. LoRA (peft) by default, full
 fine-tuning by params; the Hugging Face Trainer runs the loop, keeps the checkpoint with the best
 dev loss, and the stage saves the adapter and, for inference, the merged model as safetensors.
+Training runs in `precision.train_generator` (the trainer's bf16 autocast, or fp32).
 Checkpoints carry the full training state under `paths.checkpoints_dir`, so a killed run resumes
 on the next `dvc repro` (`finetune_generator.resume`). The resumed run restores the adapter,
 optimizer, scheduler and RNG state, but transformers' length-grouped sampler redraws the rest of
@@ -35,6 +36,7 @@ from transformers import (
 from tasks.lib.core.checkpoints import Checkpoints, folder_digest, run_key
 from tasks.lib.core.config import FinetuneGeneratorParams, GeneratorParams, load_params
 from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json
+from tasks.lib.core.precision import Precision, resolve_precision
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.core.training_curves import MlflowCurves
 from tasks.lib.generation.data import TRAINING_SPLITS, read_items
@@ -83,7 +85,7 @@ def encode_items(
 
 
 def training_arguments(
-    params: FinetuneGeneratorParams, checkpoints: Checkpoints
+    params: FinetuneGeneratorParams, precision: Precision, checkpoints: Checkpoints
 ) -> TrainingArguments:
     """Dev loss every `eval_steps` (and once before training, as the baseline: a resumed run
     has it in its restored history); the best checkpoint is reloaded at the end. Length-grouped
@@ -110,7 +112,7 @@ def training_arguments(
         logging_steps=max(1, params.eval_steps // 2),
         train_sampling_strategy="group_by_length",
         include_num_input_tokens_seen="non_padding",
-        bf16=params.bf16,
+        bf16=precision == "bf16",
         use_cpu=True,
         seed=params.seed,
         data_seed=params.seed,
@@ -125,12 +127,14 @@ def finetune(
     dev_items: Sequence[GenerationItem],
     generator: GeneratorParams,
     params: FinetuneGeneratorParams,
+    precision: Precision,
     out_dir: Path,
     checkpoints_dir: Path,
 ) -> dict[str, Any]:
-    """Train on `train_items`, keep the best dev-loss checkpoint, write `out_dir/model` (merged,
-    loadable without peft), `out_dir/adapter` (LoRA only) and `out_dir/train_metrics.json`.
-    `checkpoints_dir` holds this training's checkpoints until it succeeds."""
+    """Train on `train_items` in `precision`, keep the best dev-loss checkpoint, write
+    `out_dir/model` (merged, loadable without peft), `out_dir/adapter` (LoRA only) and
+    `out_dir/train_metrics.json`. `checkpoints_dir` holds this training's checkpoints until it
+    succeeds."""
     if not train_items or not dev_items:
         raise InputError("finetune_generator: needs at least one train and one dev example")
     set_seed(params.seed)  # LoRA's initial weights are drawn before the Trainer seeds
@@ -152,11 +156,12 @@ def finetune(
         train_set,
         dev_set,
         params.model_dump(mode="json", exclude={"resume"}),
+        precision,  # a bf16 run's checkpoint never resumes in fp32, nor the reverse
     )
     checkpoints = Checkpoints.open(STAGE, checkpoints_dir, key, params.resume)
     trainer = Trainer(
         model=model,
-        args=training_arguments(params, checkpoints),
+        args=training_arguments(params, precision, checkpoints),
         train_dataset=train_set,
         eval_dataset=dev_set,
         data_collator=collator,
@@ -177,7 +182,7 @@ def finetune(
     best_step, best_loss = min(dev_losses[1:] or dev_losses, key=lambda s: s[1])
     report = {
         "method": params.method,
-        "bf16": params.bf16,
+        "precision": precision,
         "trainable_params": trainable,
         "train_examples": len(train_set),
         "train_examples_by_task": dict(Counter(item.task for item in train_items)),
@@ -219,14 +224,23 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     start = time.perf_counter()
     out_dir = paths.generator_dir
     with stage_run(STAGE, params) as run:
+        precision = resolve_precision(params.precision.train_generator, "train_generator")
+        run.log_params({"precision.train_generator": precision})
         checkpoints_dir = paths.checkpoints_dir / STAGE
         report = finetune(
-            paths.generator_base_dir, train, dev, generator, tune, out_dir, checkpoints_dir
+            paths.generator_base_dir,
+            train,
+            dev,
+            generator,
+            tune,
+            precision,
+            out_dir,
+            checkpoints_dir,
         )
         run.log_metrics({k: v for k, v in report.items() if k != "train_examples_by_task"})
     print(
         f"finetune_generator: {report['method']} on {report['train_examples']} examples "
-        f"{report['train_examples_by_task']}, {report['steps']} steps, "
+        f"{report['train_examples_by_task']}, {report['steps']} steps in {precision}, "
         f"{report['tokens_per_second']} tokens/s, dev loss {report['dev_loss_before']} -> "
         f"{report['dev_loss_best']} (step {report['best_step']}); "
         f"{time.perf_counter() - start:.0f} s in all -> {out_dir}"

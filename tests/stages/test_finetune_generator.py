@@ -73,7 +73,6 @@ def tune_params(**overrides: object) -> FinetuneGeneratorParams:
         "warmup_steps": 0,
         "weight_decay": 0.0,
         "eval_steps": 10,
-        "bf16": False,
         "seed": 0,
         "resume": True,
     } | overrides
@@ -89,7 +88,9 @@ def test_lora_trains_offline_and_the_merged_model_equals_base_plus_adapter(
     tiny_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "tuned"
-    report = finetune(tiny_dir, items(), items(), GENERATOR, tune_params(), out, tmp_path / "ckpt")
+    report = finetune(
+        tiny_dir, items(), items(), GENERATOR, tune_params(), "fp32", out, tmp_path / "ckpt"
+    )
 
     assert json.loads((out / "train_metrics.json").read_text())["steps"] == report["steps"] == 20
     assert report["dev_loss_best"] < report["dev_loss_before"] - 1
@@ -130,6 +131,7 @@ def test_full_finetuning_learns_the_answers(tiny_dir: Path, tmp_path: Path) -> N
         items(),
         GENERATOR,
         tune_params(method="full", epochs=30, learning_rate=0.01),
+        "fp32",
         out,
         tmp_path / "ckpt",
     )
@@ -219,7 +221,7 @@ def test_a_seq2seq_generator_without_chat_template_trains_and_answers(tmp_path: 
     tokenizer.save_pretrained(base)
     out = tmp_path / "tuned"
     tune = tune_params(method="full", epochs=60, learning_rate=0.01)
-    report = finetune(base, items(), items(), GENERATOR, tune, out, tmp_path / "ckpt")
+    report = finetune(base, items(), items(), GENERATOR, tune, "fp32", out, tmp_path / "ckpt")
     assert report["dev_loss_best"] < report["dev_loss_before"]
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
     model = AutoModelForSeq2SeqLM.from_pretrained(out / "model", dtype=torch.float32).eval()

@@ -1,6 +1,7 @@
 """Retriever fine-tuning on a tiny random-init encoder: mining never offers a gold doc, the
 training set carries everything training reads (as text, byte-identical on a rerun), the stage
-trains offline from that set alone, and the saved encoder reloads with a fingerprint of its own."""
+trains offline from that set alone in the precision the CPU resolves, stops early when the dev
+score stalls, and the saved encoder reloads with a fingerprint of its own."""
 
 from __future__ import annotations
 
@@ -9,18 +10,20 @@ import re
 import shutil
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
+from transformers import TrainerCallback
 
 from tasks import compare_retrievers, index, retriever_training_set, tune_retrieval
 from tasks import finetune_retriever as ft
 from tasks.lib.core.config import HardNegativesParams, load_params
 from tasks.lib.core.io import InputError, write_jsonl
+from tasks.lib.core.precision import CPU_BF16_ENV
 from tasks.lib.core.records import QARecord, read_qa
 from tasks.lib.retrieval import training_set as ts
 from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
@@ -236,28 +239,51 @@ def test_a_set_mined_with_another_encoder_is_refused(
     built = ts.read_training_set(training_set)
     other = built.model_copy(update={"encoder_fingerprint": "0" * 64})
     with pytest.raises(InputError, match="mined with encoder fingerprint 0000"):
-        ft.finetune(params, params.finetune_retriever, other, tmp_path / "out", tmp_path / "ckpt")
+        ft.finetune(
+            params, params.finetune_retriever, "fp32", other, tmp_path / "out", tmp_path / "ckpt"
+        )
     broken = tmp_path / "set.json"
     broken.write_text(training_set.read_text(encoding="utf-8")[:-20], encoding="utf-8")
     with pytest.raises(InputError, match=r"set\.json: malformed JSON"):
         ts.read_training_set(broken)
 
 
+class TrainingArgsSeen(TrainerCallback):
+    """Records the bf16 option of every training run's arguments."""
+
+    def __init__(self) -> None:
+        self.bf16: list[bool] = []
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.bf16.append(args.bf16)
+
+
+class Trained(NamedTuple):
+    out: Path  # the stage's output folder
+    bf16: list[bool]  # the trainer's bf16 option, per training run
+
+
 @pytest.fixture(scope="module")
-def trained(project: Path, training_set: Path) -> Path:
+def trained(project: Path, training_set: Path) -> Trained:
     """The stage run once from its training set alone (KB, QA, index and synthetic questions
-    moved away), with every network connection refused."""
+    moved away), with every network connection refused, on a CPU said to lack bf16 units."""
     paths = load_params(project).paths
     inputs = [paths.retrieval_docs, paths.retrieval_qa_dir, paths.index_dir]
-    with pytest.MonkeyPatch.context() as patch, moved_away([*inputs, paths.synthetic_queries_dir]):
+    seen = TrainingArgsSeen()
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        moved_away([*inputs, paths.synthetic_queries_dir]),
+        every_trainer_calls(seen),
+    ):
         refuse_network(patch)
+        patch.setenv(CPU_BF16_ENV, "0")
         ft.main(project)
-    return project.parent / "tuned"
+    return Trained(project.parent / "tuned", seen.bf16)
 
 
-def test_stage_trains_offline_and_saves_a_new_encoder(project: Path, trained: Path) -> None:
+def test_stage_trains_offline_and_saves_a_new_encoder(project: Path, trained: Trained) -> None:
     base = load_encoder(load_params(project).index.encoder, project.parent)
-    out, paths = trained, load_params(project).paths
+    out, paths = trained.out, load_params(project).paths
     assert paths.retriever_model == out / "model"
     assert (paths.retriever_model / "model.safetensors").is_file()
     assert not (out / "checkpoints").exists() and not list(out.rglob("pytorch_model.bin"))
@@ -268,12 +294,15 @@ def test_stage_trains_offline_and_saves_a_new_encoder(project: Path, trained: Pa
     assert metrics["pairs"] == {"real": len(TRAIN) + 2, "synthetic": 1}
     assert metrics["steps"] > 0 and len(metrics["dev_history"]) == 2  # one dev score per epoch
     assert metrics["best_dev_ndcg@10"] == max(h["dev_ndcg@10"] for h in metrics["dev_history"])
+    assert metrics["dev_tuned"]["ndcg@10"] == round(metrics["best_dev_ndcg@10"], 4)
+    assert 0 <= metrics["dev_base"]["ndcg@10"] <= 1
+    assert trained.bf16 == [False] and metrics["precision"] == "fp32"  # auto, without bf16 units
     positives = set(json.loads(paths.retriever_positives.read_text(encoding="utf-8")))
     assert positives == {d for _, ds in TRAIN for d in ds} | {"orchard"}
 
 
 def test_comparison_reports_five_systems_on_whole_and_unseen_subsets(
-    project: Path, trained: Path
+    project: Path, trained: Trained
 ) -> None:
     tune_retrieval.main(project)
     encoder = load_params(project).paths.retriever_model
@@ -313,16 +342,37 @@ def test_comparison_reports_five_systems_on_whole_and_unseen_subsets(
     assert report["encoders"]["tuned"]["fingerprint"] != report["encoders"]["base"]["fingerprint"]
 
 
-def resumable_project(project: Path, training_set: Path, root: Path) -> Path:
-    """The stage alone in `root`: the project's params and a copy of its training set, two
-    epochs with a checkpoint every 3 steps (so a kill lands mid-epoch)."""
+def stage_alone(project: Path, root: Path, **tune: Any) -> Path:
+    """The stage alone in `root`: the project's params with `tune` over its finetune_retriever
+    section, and a copy of its training set."""
     params = yaml.safe_load(project.read_text(encoding="utf-8"))
-    params["finetune_retriever"] |= {"eval_steps": 3}
+    params["finetune_retriever"] |= tune
     folder = load_params(project).paths.retriever_training_set_dir
     shutil.copytree(folder, root / folder.relative_to(project.parent))
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return params_file
+
+
+def resumable_project(project: Path, training_set: Path, root: Path) -> Path:
+    """Two epochs with a checkpoint every 3 steps (so a kill lands mid-epoch), no early stop."""
+    return stage_alone(project, root, eval_steps=3, early_stopping_patience=100)
+
+
+def test_a_stalled_dev_score_stops_training_early(
+    project: Path, training_set: Path, tmp_path: Path
+) -> None:
+    """A learning rate too small to move any weight: the dev score never beats the first
+    evaluation, so the run stops at the evaluation that exhausts the patience of 2."""
+    params_file = stage_alone(
+        project, tmp_path, learning_rate=1e-12, eval_steps=1, early_stopping_patience=2
+    )
+    ft.main(params_file)
+    _, report = tuned_weights(params_file)
+    assert report["max_steps"] > 3 and report["steps"] == 3  # evaluations at steps 1, 2, 3
+    assert [h["step"] for h in report["dev_history"]] == [1, 2, 3]
+    assert len({h["dev_ndcg@10"] for h in report["dev_history"]}) == 1
+    assert report["best_checkpoint"] == "checkpoint-1"
 
 
 def tuned_weights(params_file: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -332,17 +382,23 @@ def tuned_weights(params_file: Path) -> tuple[dict[str, torch.Tensor], dict[str,
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint_to_the_same_encoder(
-    project: Path, training_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    project: Path,
+    training_set: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """SIGKILL once checkpoint-6 is saved (mid second epoch), then a rerun: it resumes there,
     reloads the best dev checkpoint (checkpoint-3, from before the kill) at the end, and ends
-    with the uninterrupted run's encoder."""
+    with the uninterrupted run's encoder. In bf16, as a CPU with bf16 units trains."""
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
     params_file = resumable_project(project, training_set, tmp_path)
     paths = load_params(params_file).paths
     checkpoints = paths.checkpoints_dir / ft.STAGE
     ft.main(params_file)
     uninterrupted, first = tuned_weights(params_file)
     assert first["steps"] > 6 and first["resumed_from_step"] == 0 and not checkpoints.exists()
+    assert first["precision"] == "bf16"
     shutil.rmtree(paths.retriever_dir)
 
     kill_after_checkpoint(tmp_path, "tasks.finetune_retriever", step=6)
@@ -388,3 +444,27 @@ def test_a_changed_training_set_starts_over(
     assert "resuming" not in log and not stale.exists() and not checkpoints.exists()
     _, report = tuned_weights(params_file)
     assert report["resumed_from_step"] == 0 and report["pairs"]["synthetic"] == 0
+
+
+def test_a_checkpoint_of_a_bf16_run_does_not_resume_in_fp32(
+    project: Path,
+    training_set: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    params_file = resumable_project(project, training_set, tmp_path)
+    checkpoints = load_params(params_file).paths.checkpoints_dir / ft.STAGE
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    with every_trainer_calls(raise_after_checkpoint(step=3)), pytest.raises(Interrupted):
+        ft.main(params_file)
+    [stale] = checkpoints.iterdir()
+
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
+    capsys.readouterr()
+    ft.main(params_file)
+    log = capsys.readouterr().out
+    assert "removed the checkpoints of an earlier run with other data or params" in log
+    assert "resuming" not in log and not stale.exists()
+    _, report = tuned_weights(params_file)
+    assert report["precision"] == "fp32" and report["resumed_from_step"] == 0

@@ -174,8 +174,8 @@ def make_generator_project(root: Path, base: Path) -> Path:
         "batch_size": 2,
         "warmup_steps": 0,
         "eval_steps": 1,
-        "bf16": False,
     }
+    params["precision"]["train_generator"] = "fp32"
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return params_file

@@ -4,9 +4,10 @@ DVC deletes a stage's outs before it runs the stage, so the checkpoints live out
 `paths.checkpoints_dir/<stage>/<run key>/checkpoint-<step>`, each holding what the trainers'
 `resume_from_checkpoint` reads: weights (or the LoRA adapter), optimizer, scheduler, RNG and
 trainer state. The run key digests everything that determines the training (training data,
-base model, training params, library versions), so a checkpoint only ever resumes the run that
-wrote it; checkpoints under another key can never be resumed and are removed on start. A
-successful run removes the stage's folder, so disk use stays bounded by one run's checkpoints.
+base model, training params, resolved precision, library versions), so a checkpoint only ever
+resumes the run that wrote it; checkpoints under another key can never be resumed and are
+removed on start. A successful run removes the stage's folder, so disk use stays bounded by one
+run's checkpoints.
 """
 
 from __future__ import annotations

@@ -342,7 +342,6 @@ class FinetuneGeneratorParams(Section):
     warmup_steps: int = Field(ge=0)
     weight_decay: float = Field(ge=0)
     eval_steps: int = Field(ge=1)  # dev loss every this many steps; the best checkpoint is kept
-    bf16: bool  # CPU autocast to bfloat16 (weights stay fp32)
     seed: int
     resume: bool  # a killed run resumes from its last checkpoint (same data and params)
 
@@ -481,6 +480,7 @@ class FinetuneRetrieverParams(Section):
     warmup_ratio: float = Field(ge=0, lt=1)
     negatives: HardNegativesParams
     eval_steps: int = Field(ge=0)  # dev evaluation every this many steps; 0: once per epoch
+    early_stopping_patience: int = Field(ge=1)  # evaluations without a new best dev score
     eval_corpus: int = Field(ge=0)  # dev evaluation corpus size; 0: the whole KB
     threads: int = Field(ge=0)  # torch threads; 0: one per core
     seed: int

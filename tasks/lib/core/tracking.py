@@ -221,6 +221,15 @@ class StageRun:
 
         mlflow.log_metrics(numeric_metrics(metrics, prefix), step=step, run_id=self.run_id)
 
+    def log_params(self, values: Mapping[str, Any]) -> None:
+        """Params beside the stage's section, such as what a setting resolved to on this machine
+        (`precision.train_retriever: bf16` for `auto`)."""
+        if self.run_id is None:
+            return
+        import mlflow
+
+        mlflow.log_params(dict(values), run_id=self.run_id)
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Log a file, or a folder's content under `artifact_path` (default: the folder name)."""
         if self.run_id is None:

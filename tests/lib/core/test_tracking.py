@@ -96,11 +96,13 @@ def test_stage_run_alone_logs_params_tags_metrics_artifacts(project: Path) -> No
     report.write_text('{"ok": true}', "utf-8")
     with stage_run("dedup", load_params(project)) as run:
         run.log_metrics({"docs_in": 9, "nested": {"ratio": 0.5}, "note": "skipped"})
+        run.log_params({"precision.train_retriever": "bf16"})
         run.log_artifact(report)
         run.log_artifact(project.parent / "my_kb")
     logged = project_mlflow_client(project).get_run(run.run_id)
     assert logged.info.status == "FINISHED"
     assert logged.data.params["dedup.threshold"] == "0.8"
+    assert logged.data.params["precision.train_retriever"] == "bf16"  # beside the section
     assert logged.data.metrics == {"docs_in": 9.0, "nested.ratio": 0.5}
     tags = logged.data.tags
     assert tags["stage"] == "dedup" and "mlflow.parentRunId" not in tags
