@@ -1,7 +1,8 @@
 """Stage `bundle`: the RAG system as one MLflow pyfunc model, so the registry can serve it.
 
 The bundle (`tasks.lib.serving.bundle`) carries the tuned index, the fusion chosen for it and
-the prompt contract, and names the encoder and generator it serves with.
+the prompt contract and the precision it generates in, and names the encoder and generator it
+serves with.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         paths.generator_model,
         params.generator,
         params.bundle,
+        params.precision,
     )
     out_dir = paths.bundle_dir
     with stage_run("bundle", params) as run:

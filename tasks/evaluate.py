@@ -4,6 +4,9 @@
   through its pyfunc `predict`, exactly as the registry will serve it;
 - `champion`: the registry's champion bundle, re-scored on these very questions (when there is
   one), so the gate never compares numbers from two different test sets or two KB states;
+- both answer through the generation cache (`paths.generation_cache`): an answer to the same
+  prompt by the same generator and decoding is not generated again (the candidate's usually
+  comes from `evaluate_generation`'s tuned_rag, which builds the same prompts);
 - `closed_book` and `base_rag` (the untuned generator, no passages / the same passages): their
   answers from `evaluate_generation`, scored here per question; the retrieval-only baselines
   (`bm25`, `dense_base`, `hybrid_base`, `dense_tuned`) from `compare_retrievers`, as means.
@@ -50,9 +53,10 @@ from tasks.lib.core.records import Doc, QARecord, qa_split_label, read_docs, rea
 from tasks.lib.core.report import markdown_table
 from tasks.lib.core.skipped import skipped_reason, write_skipped_folder
 from tasks.lib.core.tracking import file_digest, metric_key, run_name, stage_run
+from tasks.lib.generation.generation_cache import GenerationCache
 from tasks.lib.generation.metrics import score_prediction
 from tasks.lib.retrieval.metrics import score_rankings
-from tasks.lib.serving.bundle import load_bundle, load_registered_bundle
+from tasks.lib.serving.bundle import load_bundle, load_registered_bundle, use_generation_cache
 from tasks.lib.serving.registry import CHAMPION, aliases, registry_client
 from tasks.lib.serving.scores import (
     CHANGE_SET,
@@ -266,6 +270,7 @@ def main(
     with (
         stage_run(run_name("evaluate", out), params) as run,
         tempfile.TemporaryDirectory(prefix="ragloop-evaluate.") as downloads,
+        GenerationCache(paths.generation_cache) as cache,
     ):
         bundle_dir = bundle if bundle is not None else paths.bundle_dir
         bundles: dict[str, tuple[Any, str | None]] = {CANDIDATE: (load_bundle(bundle_dir), None)}
@@ -284,6 +289,8 @@ def main(
                 )
                 if judged is not None:
                     on_record = judged.aligned_to([r.id for r in records], "champion")
+        for loaded, _ in bundles.values():
+            use_generation_cache(loaded, cache)
         means_by_set: dict[str, dict[str, dict[str, float]]] = {name: {} for name in question_sets}
         rows: list[dict[str, Any]] = []
         predictions: list[dict[str, Any]] = []
@@ -301,7 +308,13 @@ def main(
                     rows += score_rows(name, set_name, ids, recorded, version)
                     print(f"evaluate: {name} v{version} on {set_name}: its scores on record")
                     continue
+                hits = cache.hits
                 outputs = model.predict([r.question for r in set_records])
+                print(
+                    f"evaluate: {name} on {set_name}: {len(outputs)} answers, "
+                    f"{cache.hits - hits} from the cache",
+                    flush=True,
+                )
                 if name == CANDIDATE:
                     check_no_deleted(set_records, outputs, deleted)
                 scores = question_scores(set_records, outputs, docs, settings.retrieval_metrics)
@@ -324,6 +337,7 @@ def main(
         if change is not None:
             report[CHANGE_SET] = {"n": n_change, **change}
         run.log_metrics(report)
+        run.log_metrics({"generation_cache": {"hits": cache.hits, "misses": cache.misses}})
         split_label = qa_split_label(paths.retrieval_qa_dir, settings.split)
         markdown = report_markdown(systems, split_label, change, n_change)
         with atomic_path(out_dir) as tmp:

@@ -5,8 +5,10 @@ questions of `paths.retrieval_qa_dir` (all of them, and the answerable ones: ans
 passage; generated held-out triples for a KB without a QA set), and (b) held-out KB questions
 whose docs were never used in training (empty, and skipped, when they are already the test
 split). Each question is asked with its own task (`generator_task`). Every system sees the same
-prompt format as training (`tasks.lib.generation.generator`), greedy decoding, the same
-top-k passages.
+prompt format as training (`tasks.lib.generation.generator`), greedy decoding in
+`precision.generate`, the same top-k passages. Answers go through the generation cache
+(`paths.generation_cache`): after a retraining of the generator alone, the closed-book and
+base + RAG answers come from it, and `evaluate` finds the tuned ones there.
 `evaluate_generation` is the reusable core (the `evaluate` stage can call it); `main` is the
 standalone stage.
 """
@@ -14,7 +16,6 @@ standalone stage.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,14 @@ from typing import Any
 from tasks.lib.core.answers import answer_in_text
 from tasks.lib.core.config import EvaluateGenerationParams, GeneratorParams, load_params
 from tasks.lib.core.io import atomic_path, jsonl_lines, run_stage, write_json
+from tasks.lib.core.precision import Precision, resolve_precision
 from tasks.lib.core.records import qa_split_label, read_docs, read_qa
 from tasks.lib.core.report import interval_cell, markdown_table
 from tasks.lib.core.stats import paired_intervals
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.generation.data import generation_items, read_contexts
-from tasks.lib.generation.generator import GenerationItem, generate_answers, item_prompt
+from tasks.lib.generation.generation_cache import CachedGenerator, GenerationCache
+from tasks.lib.generation.generator import Decoding, GenerationItem, item_prompt
 from tasks.lib.generation.loader import load_generator
 from tasks.lib.generation.metrics import METRICS, score_prediction
 from tasks.lib.kb.questions import generator_task
@@ -48,13 +51,17 @@ def predict(
     eval_sets: Mapping[str, Sequence[GenerationItem]],
     generator: GeneratorParams,
     batch_size: int,
+    precision: Precision,
+    cache: GenerationCache,
 ) -> tuple[dict[str, dict[str, list[str]]], dict[str, dict[str, float]]]:
-    """Predictions[set][system] and seconds per question; each model is loaded once."""
+    """Predictions[set][system] and seconds per question (a cached answer counts the time it
+    took when it was generated); each model is loaded once."""
     predictions: dict[str, dict[str, list[str]]] = {name: {} for name in eval_sets}
     seconds: dict[str, dict[str, float]] = {name: {} for name in eval_sets}
+    decoding = Decoding(generator.max_new_tokens, precision)
     for system in systems:
         model, tokenizer = load_generator(system.model_dir)
-        model.eval()
+        answerer = CachedGenerator(model.eval(), tokenizer, cache)
         for set_name, items in eval_sets.items():
             prompts = [
                 item_prompt(
@@ -67,17 +74,15 @@ def predict(
                 )
                 for item in items
             ]
-            start = time.perf_counter()
-            predictions[set_name][system.name] = generate_answers(
-                model, tokenizer, prompts, batch_size, generator.max_new_tokens
-            )
-            seconds[set_name][system.name] = (time.perf_counter() - start) / max(1, len(items))
+            answers, stats = answerer.answers(prompts, batch_size, decoding)
+            predictions[set_name][system.name] = answers
+            seconds[set_name][system.name] = stats.seconds / max(1, len(items))
             print(
-                f"evaluate_generation: {system.name} on {set_name}: "
+                f"evaluate_generation: {system.name} on {set_name}: {stats.summary()}; "
                 f"{seconds[set_name][system.name]:.2f} s/question",
                 flush=True,
             )
-        del model
+        del model, answerer
     return predictions, seconds
 
 
@@ -123,10 +128,14 @@ def evaluate_generation(
     eval_sets: Mapping[str, Sequence[GenerationItem]],
     generator: GeneratorParams,
     params: EvaluateGenerationParams,
+    precision: Precision,
+    cache: GenerationCache,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics per evaluation set (plus its answerable subset when it has one) and one
     prediction row per (set, question) with every system's answer."""
-    predictions, seconds = predict(systems, eval_sets, generator, params.batch_size)
+    predictions, seconds = predict(
+        systems, eval_sets, generator, params.batch_size, precision, cache
+    )
     metrics: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for set_name, items in eval_sets.items():
@@ -226,7 +235,12 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         GeneratorSystem("base_rag", base, rag=True),
         GeneratorSystem("tuned_rag", tuned, rag=True),
     ]
-    metrics, rows = evaluate_generation(systems, eval_sets, generator, params.evaluate_generation)
+    precision = resolve_precision(params.precision.generate, "generate")
+    print(f"evaluate_generation: greedy generation in {precision}", flush=True)
+    with GenerationCache(paths.generation_cache) as cache:
+        metrics, rows = evaluate_generation(
+            systems, eval_sets, generator, params.evaluate_generation, precision, cache
+        )
     names = [s.name for s in systems]
     with atomic_path(paths.generation_eval_dir) as out:
         write_json(out / "metrics.json", metrics)
@@ -245,6 +259,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         )
     with stage_run("evaluate_generation", params) as run:
         run.log_metrics(metrics)
+        run.log_metrics({"generation_cache": {"hits": cache.hits, "misses": cache.misses}})
         run.log_artifact(paths.generation_eval_dir / "samples.md")
     print(sets_line)
     print(metrics_table(metrics, names))

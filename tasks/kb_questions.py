@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import torch
 
 from tasks.lib.core.config import KbQuestionsParams, Params, PathsParams, load_params
 from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json, write_jsonl
+from tasks.lib.core.precision import resolve_precision
 from tasks.lib.core.records import (
     KB_SPLITS,
     SPLITS,
@@ -53,6 +53,7 @@ from tasks.lib.generation.doc_queries import (
     load_base_generator,
     sample_docs,
 )
+from tasks.lib.generation.generation_cache import GenerationCache
 from tasks.lib.kb.generated import answer_questions, generated_triples, split_by_doc
 from tasks.lib.kb.questions import description_question, eligible_docs
 from tasks.lib.retrieval.retriever import Fusion, Retriever, round_trip_ranks
@@ -96,9 +97,6 @@ def generated_kb_questions(
     torch.set_num_threads(synth.threads or os.cpu_count() or 1)
     chosen = sample_docs(docs, excluded, kbq.generated_docs, kbq.seed)
     forbidden = {normalize_question(r.question) for split in real.values() for r in split}
-    model, tokenizer = load_base_generator(
-        params.paths.generator_base_dir, params.prepare_generator.model, "kb_questions"
-    )
     retriever = Retriever.load(
         params.paths.index_dir, Fusion.from_params(params.retrieval), base=params.project_dir
     )
@@ -108,20 +106,31 @@ def generated_kb_questions(
             f"kb_questions: {len(missing)} sampled docs are not in the base index "
             f"{params.paths.index_dir} (e.g. {sorted(missing)[:3]}): rerun the index stage"
         )
-    started = time.perf_counter()
-    questions = generate_questions(model, tokenizer, chosen, synth)
     docs_by_id = {d.id: d for d in chosen}
-
-    def answer(records: list[QARecord]) -> list[str]:
-        return answer_questions(
-            model, tokenizer, records, docs_by_id, params.generator, synth.batch_size
-        )
+    precision = resolve_precision(params.precision.generate, "generate")
 
     def ranks_of(texts: list[str], source_ids: list[str]) -> list[int | None]:
         return round_trip_ranks(retriever, texts, source_ids, kbq.round_trip_k, kbq.round_trip_mode)
 
-    kept, rejected = generated_triples(chosen, questions, answer, ranks_of, kbq, forbidden)
-    seconds = time.perf_counter() - started
+    with GenerationCache(params.paths.generation_cache) as cache:
+        generator = load_base_generator(
+            params.paths.generator_base_dir, params.prepare_generator.model, "kb_questions", cache
+        )
+        questions, asked = generate_questions(generator, chosen, synth, precision)
+        print(f"kb_questions: questions: {asked.summary()} (greedy, {precision})")
+        generations = [asked]
+
+        def answer(records: list[QARecord]) -> list[str]:
+            answers, answered = answer_questions(
+                generator, records, docs_by_id, params.generator, synth.batch_size, precision
+            )
+            print(f"kb_questions: answers: {answered.summary()}")
+            generations.append(answered)
+            return answers
+
+        kept, rejected = generated_triples(chosen, questions, answer, ranks_of, kbq, forbidden)
+    # a cached question or answer counts the time it took when it was generated
+    seconds = sum(g.seconds for g in generations)
     splits = split_by_doc(kept, kbq)
     reasons = dict(sorted(Counter(row["reason"] for row in rejected).items()))
     for name, wanted in (("dev", kbq.n_dev), ("heldout", kbq.n_heldout)):

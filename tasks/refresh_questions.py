@@ -29,6 +29,7 @@ import torch
 
 from tasks.lib.core.config import Params, load_params
 from tasks.lib.core.io import atomic_path, run_stage, write_json, write_jsonl
+from tasks.lib.core.precision import resolve_precision
 from tasks.lib.core.records import Doc, QARecord, read_docs
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.generation.doc_queries import (
@@ -37,6 +38,7 @@ from tasks.lib.generation.doc_queries import (
     load_base_generator,
     sample_docs,
 )
+from tasks.lib.generation.generation_cache import GenerationCache
 from tasks.lib.kb.changes import ChampionRef, champion_to_refresh, read_change_set
 from tasks.lib.kb.questions import description_question, eligible_docs, title_question
 from tasks.lib.retrieval.encoder import load_encoder
@@ -49,11 +51,17 @@ def doc_to_query(
 ) -> tuple[list[QARecord], list[dict[str, Any]]]:
     """Generated questions about `docs` that survive the round trip through the new index."""
     synth = params.synthesize_queries
-    model, tokenizer = load_base_generator(
-        params.paths.generator_base_dir, params.prepare_generator.model, "refresh_questions"
-    )
-    generated = generate_questions(model, tokenizer, docs, synth)
-    del model
+    precision = resolve_precision(params.precision.generate, "generate")
+    with GenerationCache(params.paths.generation_cache) as cache:
+        generator = load_base_generator(
+            params.paths.generator_base_dir,
+            params.prepare_generator.model,
+            "refresh_questions",
+            cache,
+        )
+        generated, generation = generate_questions(generator, docs, synth, precision)
+        del generator  # the encoder loads next
+    print(f"refresh_questions: {generation.summary()} (greedy, {precision})")
     with component_folder(champion.retriever.model_dump()) as folder:
         encoder = load_encoder(str(folder), Path())
     # Dense search alone decides the round trip: the fusion is never used.

@@ -22,13 +22,13 @@ Outputs in `paths.synthetic_queries_dir`:
   queries.jsonl   kept questions as canonical QA records (doc_ids = [source doc], no answers);
                   finetune_retriever reads them as `paths.synthetic_queries`
   rejected.jsonl  every dropped question with its reason (and its source doc's rank)
-  metrics.json    counts, kept share, generation seconds per question
+  metrics.json    counts, kept share, generation seconds per question (a question from the
+                  generation cache, `paths.generation_cache`, counts the time it took then)
 """
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import torch
 
 from tasks.lib.core.config import PathsParams, load_params
 from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json, write_jsonl
+from tasks.lib.core.precision import resolve_precision
 from tasks.lib.core.records import QARecord, normalize_question, read_docs, read_qa_splits
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.generation.doc_queries import (
@@ -44,6 +45,7 @@ from tasks.lib.generation.doc_queries import (
     load_base_generator,
     sample_docs,
 )
+from tasks.lib.generation.generation_cache import GenerationCache
 from tasks.lib.retrieval.retriever import Fusion, Retriever, round_trip_ranks
 
 EVALUATION_SPLITS = ("dev", "test")
@@ -85,13 +87,18 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     forbidden = {normalize_question(r.question) for s in EVALUATION_SPLITS for r in qa_splits[s]}
     chosen = sample_docs(docs, excluded, synth.n_docs, synth.seed)
 
-    model, tokenizer = load_base_generator(
-        params.paths.generator_base_dir, params.prepare_generator.model, "synthesize_queries"
-    )
-    started = time.perf_counter()
-    generated = generate_questions(model, tokenizer, chosen, synth)
-    seconds = time.perf_counter() - started
-    del model
+    precision = resolve_precision(params.precision.generate, "generate")
+    with GenerationCache(params.paths.generation_cache) as cache:
+        generator = load_base_generator(
+            params.paths.generator_base_dir,
+            params.prepare_generator.model,
+            "synthesize_queries",
+            cache,
+        )
+        generated, generation = generate_questions(generator, chosen, synth, precision)
+        del generator  # the retriever loads next
+    print(f"synthesize_queries: {generation.summary()} (greedy, {precision})")
+    seconds = generation.seconds
 
     retriever = Retriever.load(
         params.paths.index_dir,
@@ -124,6 +131,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     write_outputs(params.paths, kept, rejected, metrics)
     with stage_run("synthesize_queries", params) as run:
         run.log_metrics(metrics)
+        run.log_metrics({"generation_cache": {"hits": cache.hits, "misses": cache.misses}})
     print(
         f"synthesize_queries: {len(chosen)} docs -> {len(kept)} questions kept "
         f"({metrics['kept_share']:.0%}; dropped {reasons}); generation {seconds:.0f} s, "

@@ -147,13 +147,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fusion = {"rrf_k": 60, "dense_weight": 0.7, "bm25_weight": 0.3, "candidates": 10}
     write_json(root / "fusion.json", {"fusion": fusion})
     generator = make_tiny_generator(root / "models" / "generator")
-    spec = components_spec(encoder, generator, params.generator, params.bundle)
+    spec = components_spec(encoder, generator, params.generator, params.bundle, params.precision)
     save_bundle(root / "candidate", root / "index", root / "fusion.json", spec)
     return params_file
 
 
 def test_stage_writes_per_question_scores_of_every_system_and_the_change_set(
-    project: Path,
+    project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = project.parent
     params = load_params(project)
@@ -179,10 +179,15 @@ def test_stage_writes_per_question_scores_of_every_system_and_the_change_set(
     change = root / "change.jsonl"
     write_jsonl(change, tiny_qa()["dev"])
     out = root / "judged"
+    n_test, n_dev = len(tiny_qa()["test"]), len(tiny_qa()["dev"])
+    capsys.readouterr()
     evaluate.main(project, bundle=root / "candidate", out=out, change_questions=change)
+    # The same generator, prompts and decoding: the test answers come from the cache.
+    printed = capsys.readouterr().out
+    assert f"evaluate: tuned_rag on test: {n_test} answers, {n_test} from the cache" in printed
+    assert f"evaluate: tuned_rag on change_set: {n_dev} answers, 0 from the cache" in printed
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     scores = read_scores(out / params.paths.evaluate_scores.name)
-    n_dev = len(tiny_qa()["dev"])
     assert set(scores) == {("test", "tuned_rag"), ("change_set", "tuned_rag")}
     assert "bm25" not in metrics and "base_rag" not in metrics
     assert scores[("test", "tuned_rag")].means() == candidate.means()

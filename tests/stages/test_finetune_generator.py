@@ -38,7 +38,8 @@ from tasks.lib.core.config import (
 from tasks.lib.core.io import InputError, write_jsonl
 from tasks.lib.core.records import QARecord
 from tasks.lib.generation.data import generation_items, read_items, with_gold, write_items
-from tasks.lib.generation.generator import generate_answers, item_prompt
+from tasks.lib.generation.generation_cache import GenerationCache
+from tasks.lib.generation.generator import Decoding, generate_answers, item_prompt
 from tests.support.interrupt import (
     Interrupted,
     every_trainer_calls,
@@ -116,7 +117,7 @@ def test_lora_trains_offline_and_the_merged_model_equals_base_plus_adapter(
         tokenizer,
         [item_prompt(items()[0], tokenizer, INSTRUCTIONS, 12, 2)],
         batch_size=1,
-        max_new_tokens=6,
+        decoding=Decoding(6, "fp32"),
     )
     assert isinstance(answers[0], str)
 
@@ -140,11 +141,13 @@ def test_full_finetuning_learns_the_answers(tiny_dir: Path, tmp_path: Path) -> N
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
     model = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32).eval()
     prompts = [item_prompt(i, tokenizer, INSTRUCTIONS, 12, 2) for i in items()]
-    answers = generate_answers(model, tokenizer, prompts, batch_size=3, max_new_tokens=6)
+    answers = generate_answers(model, tokenizer, prompts, 3, Decoding(6, "fp32"))
     assert answers == ["blue device", "Coastal tower", "slow river of ice"]
 
 
-def test_evaluate_generation_scores_every_system_on_every_set(tiny_dir: Path) -> None:
+def test_evaluate_generation_scores_every_system_on_every_set(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
     systems = [
         GeneratorSystem("closed_book", tiny_dir, rag=False),
         GeneratorSystem("base_rag", tiny_dir, rag=True),
@@ -152,7 +155,16 @@ def test_evaluate_generation_scores_every_system_on_every_set(tiny_dir: Path) ->
     params = EvaluateGenerationParams(
         batch_size=2, bootstrap_resamples=100, confidence=0.9, samples=1, seed=0
     )
-    metrics, rows = evaluate_generation(systems, {"toy": items()}, GENERATOR, params)
+    with GenerationCache(tmp_path / "cache") as cache:
+        metrics, rows = evaluate_generation(
+            systems, {"toy": items()}, GENERATOR, params, "fp32", cache
+        )
+        assert (cache.hits, cache.misses) == (0, 6)
+        again, rows_again = evaluate_generation(
+            systems, {"toy": items()}, GENERATOR, params, "fp32", cache
+        )
+        assert (cache.hits, cache.misses) == (6, 6)  # the second run generates nothing
+    assert rows_again == rows and again == metrics  # seconds too: a cached answer keeps its time
     assert set(metrics) == {"toy", "toy_answerable"}  # two of three items are answerable
     assert metrics["toy"]["n"] == 3 and metrics["toy_answerable"]["n"] == 2
     assert metrics["toy"]["answer_in_passages"] == pytest.approx(2 / 3)  # not "Coastal tower"
@@ -227,7 +239,7 @@ def test_a_seq2seq_generator_without_chat_template_trains_and_answers(tmp_path: 
     model = AutoModelForSeq2SeqLM.from_pretrained(out / "model", dtype=torch.float32).eval()
     prompts = [item_prompt(i, tokenizer, INSTRUCTIONS, 12, 2) for i in items()]
     assert prompts[0].endswith("\nAnswer:") and "<|im_start|>" not in prompts[0]
-    answers = generate_answers(model, tokenizer, prompts, batch_size=3, max_new_tokens=6)
+    answers = generate_answers(model, tokenizer, prompts, 3, Decoding(6, "fp32"))
     assert answers == ["blue device", "Coastal tower", "slow river of ice"]
 
 

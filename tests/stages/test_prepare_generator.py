@@ -9,7 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tasks.lib.generation.generator import build_prompt, generate_answers, truncate_to_tokens
+from tasks.lib.generation.generator import (
+    Decoding,
+    build_prompt,
+    generate_answers,
+    truncate_to_tokens,
+)
 from tasks.prepare_generator import prepare_generator
 
 SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -28,7 +33,7 @@ def test_packaged_gguf_converts_to_a_folder_that_reloads(tmp_path: Path) -> None
     assert "<|im_start|>" in tokenizer.chat_template
 
     prompt = build_prompt(tokenizer, SMOLLM_SYSTEM, "What is the capital of France?", [], 64)
-    [answer] = generate_answers(model, tokenizer, [prompt], batch_size=1, max_new_tokens=12)
+    [answer] = generate_answers(model, tokenizer, [prompt], 1, Decoding(12, "fp32"))
     assert "Paris" in answer
 
     text = "A glacier is a persistent body of dense ice that is constantly moving downhill. " * 5

@@ -135,7 +135,7 @@ def register_champion(params_file: Path, encoder: Path, generator: Path) -> str:
         docs = read_docs(params.paths.retrieval_docs)
         build_index(docs, model, str(encoder), cache, params.index, root / "index", False)
     write_json(root / "fusion.json", {"fusion": FUSION})
-    spec = components_spec(encoder, generator, params.generator, params.bundle)
+    spec = components_spec(encoder, generator, params.generator, params.bundle, params.precision)
     save_bundle(root / "bundle", root / "index", root / "fusion.json", spec)
     client = registry_client(params)
     run_id = client.create_run(ensure_experiment(params)).info.run_id

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from tasks.lib.core.io import InputError
-from tasks.lib.core.precision import PrecisionSetting
+from tasks.lib.core.precision import FloatSetting, PrecisionSetting
 
 PROJECT_DIR = "project_dir"  # the validation context key: the folder holding params.yaml
 
@@ -102,6 +102,7 @@ class PathsParams(Section):
     retrieval_docs: Path  # dedup's kept docs (in dedup_dir): the KB every later stage reads
     retrieval_qa_dir: Path  # kb_questions' QA splits (in kb_questions_dir): every later stage's QA
     embedding_cache: Path  # persistent embedding cache; never a dvc out (it must outlive reruns)
+    generation_cache: Path  # persistent cache of generated answers; never a dvc out (as above)
     checkpoints_dir: Path  # training checkpoints per stage and run; never a dvc out (see above)
     index_dir: Path  # index -> faiss.index, bm25/, docs.jsonl, manifest.json (base encoder)
     tune_retrieval_dir: Path  # tune_retrieval -> fusion.json (the choice), grid.json
@@ -271,9 +272,9 @@ class PrecisionParams(Section):
     """CPU number format per use; `auto` resolves on the machine that runs (see precision)."""
 
     encode: PrecisionSetting
-    generate: Literal["auto", "fp32", "bf16"]
-    train_retriever: Literal["auto", "fp32", "bf16"]
-    train_generator: Literal["auto", "fp32", "bf16"]
+    generate: FloatSetting
+    train_retriever: FloatSetting
+    train_generator: FloatSetting
 
 
 class RetrainParams(Section):

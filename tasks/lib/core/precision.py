@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 
 PrecisionSetting = Literal["auto", "fp32", "bf16", "int8"]
+FloatSetting = Literal["auto", "fp32", "bf16"]  # the settings of a use int8 does not serve
 Precision = Literal["fp32", "bf16", "int8"]
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CPU_BF16_ENV = "RAGLOOP_CPU_BF16"

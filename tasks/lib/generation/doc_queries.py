@@ -15,11 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from tasks.lib.core.config import SynthesizeQueriesParams
+from tasks.lib.core.precision import Precision
 from tasks.lib.core.records import Doc, QARecord, normalize_question
-from tasks.lib.generation.generator import generate_answers, uses_chat_template
+from tasks.lib.generation.generation_cache import (
+    CachedGenerator,
+    GenerationCache,
+    GenerationStats,
+)
+from tasks.lib.generation.generator import Decoding, uses_chat_template
 from tasks.lib.generation.loader import load_generator
 
 ID_PREFIX = "syn:"
@@ -34,16 +40,16 @@ def sample_docs(docs: list[Doc], excluded: set[str], n: int, seed: int) -> list[
 
 
 def load_base_generator(
-    folder: Path, fallback: str, stage: str
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """prepare_generator's folder, in eval mode; before it exists (a run outside dvc) the
-    `prepare_generator.model` it would convert, in memory and slower."""
+    folder: Path, fallback: str, stage: str, cache: GenerationCache
+) -> CachedGenerator:
+    """prepare_generator's folder, in eval mode, answering through `cache`; before it exists (a
+    run outside dvc) the `prepare_generator.model` it would convert, in memory and slower."""
     if folder.is_dir():
         model, tokenizer = load_generator(folder)
     else:
         print(f"{stage}: {folder} missing, loading {fallback}")
         model, tokenizer = load_generator(fallback)
-    return model.eval(), tokenizer
+    return CachedGenerator(model.eval(), tokenizer, cache)
 
 
 def doc_prompt(
@@ -59,14 +65,16 @@ def doc_prompt(
 
 
 def generate_questions(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    generator: CachedGenerator,
     docs: list[Doc],
     params: SynthesizeQueriesParams,
-) -> list[str]:
-    """The generator's raw reply for each doc, greedy, in order."""
-    prompts = [doc_prompt(tokenizer, doc, params) for doc in docs]
-    return generate_answers(model, tokenizer, prompts, params.batch_size, params.max_new_tokens)
+    precision: Precision,
+) -> tuple[list[str], GenerationStats]:
+    """The generator's raw reply for each doc, greedy, in order (a doc asked before with the
+    same prompt settings is answered from the cache)."""
+    prompts = [doc_prompt(generator.tokenizer, doc, params) for doc in docs]
+    decoding = Decoding(params.max_new_tokens, precision)
+    return generator.answers(prompts, params.batch_size, decoding)
 
 
 def clean_question(generated: str) -> str | None:

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from tasks.lib.core.precision import Precision, autocast
+
 IGNORE_INDEX = -100  # label value the cross-entropy loss skips
 
 
@@ -34,6 +36,14 @@ class GenerationItem:
     answers: tuple[str, ...]
     passages: tuple[Passage, ...]
     answerable: bool | None = None
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How an answer is decoded (always greedy): with the model and the prompt, what decides it."""
+
+    max_new_tokens: int
+    precision: Precision  # resolved (`resolve_precision`): the format the matmuls run in
 
 
 def is_seq2seq(model_or_config: Any) -> bool:
@@ -173,9 +183,13 @@ def generate_answers(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     batch_size: int,
-    max_new_tokens: int,
+    decoding: Decoding,
 ) -> list[str]:
-    """Greedy answers, batched with left padding; prompts are sorted by length to cut padding."""
+    """Greedy answers, batched with left padding; prompts are sorted by length to cut padding.
+
+    With left padding and the attention mask, an answer does not depend on its batch mates
+    beyond float rounding (which bf16 makes larger), so batching is a matter of speed only.
+    """
     ensure_pad_token(tokenizer)
     seq2seq = is_seq2seq(model)
     add_special = not uses_chat_template(tokenizer)
@@ -191,13 +205,14 @@ def generate_answers(
                 padding=True,
                 add_special_tokens=add_special,
             ).to(model.device)
-            output = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
+            with autocast(decoding.precision):
+                output = model.generate(
+                    **batch,
+                    max_new_tokens=decoding.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
             new_tokens = output if seq2seq else output[:, batch["input_ids"].shape[1] :]
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             for i, text in zip(index, texts, strict=True):

@@ -24,13 +24,14 @@ from difflib import SequenceMatcher
 from typing import Any
 
 from bm25s.stopwords import STOPWORDS_EN_PLUS
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.lib.core.answers import normalize_answer
 from tasks.lib.core.config import GeneratorParams, KbQuestionsParams
+from tasks.lib.core.precision import Precision
 from tasks.lib.core.records import KB_SPLITS, Doc, QARecord
 from tasks.lib.generation.doc_queries import filter_questions
-from tasks.lib.generation.generator import GenerationItem, Passage, generate_answers, item_prompt
+from tasks.lib.generation.generation_cache import CachedGenerator, GenerationStats
+from tasks.lib.generation.generator import Decoding, GenerationItem, Passage, item_prompt
 from tasks.lib.kb.questions import GENERATED_PREFIX
 
 AnswerFn = Callable[[list[QARecord]], list[str]]
@@ -63,22 +64,22 @@ def answer_span(reply: str, question: str, passage: str) -> str:
 
 
 def answer_questions(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    answerer: CachedGenerator,
     records: list[QARecord],
     docs_by_id: dict[str, Doc],
     generator: GeneratorParams,
     batch_size: int,
-) -> list[str]:
+    precision: Precision,
+) -> tuple[list[str], GenerationStats]:
     """The generator's answer to each record's question, its doc the one passage (task `qa`)."""
-    prompts = []
+    tokenizer, prompts = answerer.tokenizer, []
     for record in records:
         doc = docs_by_id[record.doc_ids[0]]
         item = GenerationItem(record.id, "qa", record.question, (), (Passage(doc.title, doc.text),))
         prompts.append(
             item_prompt(item, tokenizer, generator.instructions, generator.passage_tokens, 1)
         )
-    return generate_answers(model, tokenizer, prompts, batch_size, generator.max_new_tokens)
+    return answerer.answers(prompts, batch_size, Decoding(generator.max_new_tokens, precision))
 
 
 def triple_problem(question: str, answer: str, doc: Doc, max_answer_words: int) -> str | None:

@@ -17,13 +17,11 @@ from pathlib import Path
 from sentence_transformers import SentenceTransformer
 
 from tasks.lib.core.assets import package_file
+from tasks.lib.core.fingerprint import hash_weights, tokenizer_definition
 from tasks.lib.core.io import InputError
 
 PACKAGED_PREFIX = "packaged:"
 PACKAGED_MODEL_FOLDER = "model"
-# Set by every tokenizer call (transformers writes the call's padding/truncation into the
-# backend), so they describe the last call, not the tokenizer.
-_TOKENIZER_CALL_STATE = ("padding", "truncation")
 
 
 def resolve_encoder(encoder: str, base: Path) -> str:
@@ -54,9 +52,7 @@ def load_encoder(encoder: str, base: Path) -> SentenceTransformer:
 def encoder_fingerprint(model: SentenceTransformer) -> str:
     """sha256 of the encoder's weights and configuration (see the module docstring)."""
     digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    hash_weights(digest, model)
     modules = [
         [
             type(module).__qualname__,
@@ -68,18 +64,7 @@ def encoder_fingerprint(model: SentenceTransformer) -> str:
         "modules": modules,
         "max_seq_length": model.max_seq_length,
         "prompts": model.prompts,
-        "tokenizer": _tokenizer_definition(model),
+        "tokenizer": tokenizer_definition(model.tokenizer),
     }
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     return digest.hexdigest()
-
-
-def _tokenizer_definition(model: SentenceTransformer) -> dict | None:
-    """The fast tokenizer's full definition (vocab, normalizer, ...) without per-call state."""
-    backend = getattr(model.tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return None
-    definition = json.loads(backend.to_str())
-    for key in _TOKENIZER_CALL_STATE:
-        definition.pop(key, None)
-    return definition

@@ -1,8 +1,9 @@
 """The RAG system as one MLflow pyfunc model, so the registry can serve it.
 
 The bundle carries what only makes sense together: the tuned index (built by one encoder, which
-its manifest fingerprints), the hybrid fusion chosen for that index, and the prompt contract
-(`generator` params). It does *not* copy the encoder or the generator: it names them in
+its manifest fingerprints), the hybrid fusion chosen for that index, the prompt contract
+(`generator` params) and the `precision` setting it generates in (`auto` resolved by the CPU of
+the machine that loads it). It does *not* copy the encoder or the generator: it names them in
 `components.json`, as local folders here and as registered versions once `register` has pinned
 them (`pin_components`), so a registered bundle is a few MB and always serves with the exact
 retriever and generator versions it was evaluated with. On load it re-checks the encoder's
@@ -10,7 +11,9 @@ fingerprint against the index: a bundle can never pair an index with another enc
 
 `predict` takes questions (a list of strings, or a DataFrame with a `question` column) and
 returns, per question, the answer, the cited doc ids (the passages in the prompt) and the wider
-ranking the retriever returned.
+ranking the retriever returned. Served, it generates every answer; `evaluate` gives it the
+generation cache (`use_generation_cache`), so answers `evaluate_generation` made to the very
+same prompts are reused.
 
 The pyfunc is saved as a *model from code* (`rag_model.py` beside this file): loading it runs
 that file, which is ragloop's own code, and never unpickles anything from the artifact store.
@@ -33,11 +36,13 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 import pandas as pd
 from mlflow.models import Model
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from pydantic import BaseModel
 
-from tasks.lib.core.config import BundleParams, GeneratorParams
+from tasks.lib.core.config import BundleParams, GeneratorParams, PrecisionParams
 from tasks.lib.core.io import InputError, atomic_path, read_text, write_json
-from tasks.lib.generation.generator import GenerationItem, Passage, generate_answers, item_prompt
+from tasks.lib.core.precision import FloatSetting, resolve_precision
+from tasks.lib.generation.generation_cache import CachedGenerator, GenerationCache
+from tasks.lib.generation.generator import Decoding, GenerationItem, Passage, item_prompt
 from tasks.lib.generation.loader import load_generator
 from tasks.lib.retrieval.encoder import load_encoder
 from tasks.lib.retrieval.retriever import Fusion, Retriever
@@ -56,15 +61,22 @@ PICKLE_SUFFIXES = {".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill"}
 PICKLE_PROTOCOLS = range(2, 6)  # a pickle of protocol 2 or later opens with 0x80 and this byte
 
 
+class BundlePrecision(BaseModel):
+    """The `precision` settings a bundle carries. A bundle saved before it carried them
+    generated in fp32, so that is what it still does."""
+
+    generate: FloatSetting = "fp32"
+
+
 @dataclass
 class RagAnswerer:
     """Retrieve, build the prompt the generator was trained with, answer greedily."""
 
     retriever: Retriever
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
+    model: CachedGenerator  # with a generation cache only when evaluation gives it one
     generator: GeneratorParams
     settings: BundleParams
+    decoding: Decoding  # its precision resolved on the machine that loaded the bundle
 
     def answer(self, questions: list[str]) -> list[dict[str, Any]]:
         depth = max(self.settings.depth, self.generator.top_k)
@@ -78,20 +90,14 @@ class RagAnswerer:
                     answers=(),
                     passages=tuple(Passage(hit.title, hit.text) for hit in ranked),
                 ),
-                self.tokenizer,
+                self.model.tokenizer,
                 self.generator.instructions,
                 self.generator.passage_tokens,
                 self.generator.top_k,
             )
             for i, (question, ranked) in enumerate(zip(questions, rankings, strict=True))
         ]
-        answers = generate_answers(
-            self.model,
-            self.tokenizer,
-            prompts,
-            self.settings.batch_size,
-            self.generator.max_new_tokens,
-        )
+        answers, _ = self.model.answers(prompts, self.settings.batch_size, self.decoding)
         return [
             {
                 "question": question,
@@ -150,12 +156,14 @@ class RagBundle(mlflow.pyfunc.PythonModel):
         retriever = bundle_retriever(artifacts[INDEX], artifacts[FUSION], spec["retriever"])
         with component_folder(spec["generator"]) as folder:
             model, tokenizer = load_generator(folder)
+        prompt = GeneratorParams.model_validate(spec["prompt"])
+        precision = BundlePrecision.model_validate(spec.get("precision", {}))
         self.answerer = RagAnswerer(
             retriever,
-            model.eval(),
-            tokenizer,
-            GeneratorParams.model_validate(spec["prompt"]),
+            CachedGenerator(model.eval(), tokenizer),
+            prompt,
             BundleParams.model_validate(spec["serving"]),
+            Decoding(prompt.max_new_tokens, resolve_precision(precision.generate, "generate")),
         )
 
     def predict(
@@ -164,14 +172,25 @@ class RagBundle(mlflow.pyfunc.PythonModel):
         return self.answerer.answer(questions_of(model_input))
 
 
+def use_generation_cache(bundle: mlflow.pyfunc.PyFuncModel, cache: GenerationCache) -> None:
+    """Let a loaded bundle answer through `cache`: reuse the answers stored for its generator,
+    prompts and decoding, store the ones it makes."""
+    bundle.unwrap_python_model().answerer.model.cache = cache
+
+
 def components_spec(
-    retriever_dir: Path, generator_dir: Path, generator: GeneratorParams, settings: BundleParams
+    retriever_dir: Path,
+    generator_dir: Path,
+    generator: GeneratorParams,
+    settings: BundleParams,
+    precision: PrecisionParams,
 ) -> dict[str, Any]:
     return {
         "retriever": {"model": settings.retriever_model, "path": str(retriever_dir.resolve())},
         "generator": {"model": settings.generator_model, "path": str(generator_dir.resolve())},
         "prompt": generator.model_dump(mode="json"),
         "serving": settings.model_dump(mode="json"),
+        "precision": {"generate": precision.generate},  # a setting: `auto` resolves on load
     }
 
 

@@ -12,6 +12,7 @@ from tasks.lib.core.stats import paired_intervals
 from tasks.lib.generation.generator import (
     IGNORE_INDEX,
     AnswerOnlyCollator,
+    Decoding,
     Passage,
     build_prompt,
     encode_example,
@@ -103,8 +104,9 @@ def test_batched_generation_matches_one_by_one(tiny_generator_dir: Path) -> None
     tokenizer = tiny_tokenizer()
     model = AutoModelForCausalLM.from_pretrained(tiny_generator_dir, dtype=torch.float32).eval()
     prompts = [item_prompt(item, tokenizer, INSTRUCTIONS, 12, 2) for item in items()]
-    batched = generate_answers(model, tokenizer, prompts, batch_size=3, max_new_tokens=5)
-    single = [generate_answers(model, tokenizer, [p], 1, 5)[0] for p in prompts]
+    decoding = Decoding(max_new_tokens=5, precision="fp32")
+    batched = generate_answers(model, tokenizer, prompts, batch_size=3, decoding=decoding)
+    single = [generate_answers(model, tokenizer, [p], 1, decoding)[0] for p in prompts]
     assert batched == single
     assert tokenizer.padding_side == "right"  # restored after generation
 

@@ -12,13 +12,19 @@ import pytest
 from mlflow import MlflowClient
 
 from tasks.lib.core.io import InputError
+from tasks.lib.core.precision import CPU_BF16_ENV
+from tasks.lib.generation.generation_cache import GenerationCache, generator_fingerprint
+from tasks.lib.generation.generator import Decoding
+from tasks.lib.generation.loader import load_generator
 from tasks.lib.retrieval.retriever import EncoderMismatchError, Retriever
 from tasks.lib.serving.bundle import (
     components_spec,
     is_bundle,
+    load_bundle,
     load_registered_bundle,
     pin_components,
     save_bundle,
+    use_generation_cache,
 )
 from tasks.lib.serving.champion import champion_retriever
 from tasks.lib.serving.integrity import MANIFEST_TAG
@@ -26,6 +32,7 @@ from tasks.lib.serving.registry import promote
 from tests.support.bundle import (
     FUSION,
     GENERATOR,
+    PRECISION,
     QUESTIONS,
     SERVING,
     register_bundle,
@@ -49,7 +56,7 @@ def test_bundle_answers_citing_what_its_retriever_ranks(bundle_dir: Path, parts)
 
 def test_a_bundle_naming_another_encoder_refuses_to_load(parts) -> None:
     out = parts["root"] / "mismatched"
-    spec = components_spec(parts["other"], parts["generator"], GENERATOR, SERVING)
+    spec = components_spec(parts["other"], parts["generator"], GENERATOR, SERVING, PRECISION)
     save_bundle(out, parts["index"], parts["fusion"], spec)
     with pytest.raises(EncoderMismatchError, match="fingerprint"):
         mlflow.pyfunc.load_model(str(out))
@@ -91,3 +98,38 @@ def test_registered_bundle_pins_its_components_and_serves_from_the_registry(
     assert [[hit.id for hit in hits] for hits in ranked] == [o["retrieved"] for o in served]
     with pytest.raises(InputError, match=r"no registered version of 'tiny-retriever'"):
         pin_components(registered, {"tiny-nothing": "1"})
+
+
+def test_a_bundle_generates_in_its_precision_resolved_where_it_is_loaded(
+    parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auto = PRECISION.model_copy(update={"generate": "auto"})
+    spec = components_spec(parts["encoder"], parts["generator"], GENERATOR, SERVING, auto)
+    assert spec["precision"] == {"generate": "auto"}  # the setting, not this machine's format
+    save_bundle(parts["root"] / "auto", parts["index"], parts["fusion"], spec)
+    for has_bf16, precision in (("0", "fp32"), ("1", "bf16")):
+        monkeypatch.setenv(CPU_BF16_ENV, has_bf16)
+        answerer = load_bundle(parts["root"] / "auto").unwrap_python_model().answerer
+        assert answerer.decoding == Decoding(GENERATOR.max_new_tokens, precision)
+    del spec["precision"]  # a bundle saved before bundles carried it: fp32, as it always ran
+    save_bundle(parts["root"] / "older", parts["index"], parts["fusion"], spec)
+    answerer = load_bundle(parts["root"] / "older").unwrap_python_model().answerer
+    assert answerer.decoding.precision == "fp32"
+
+
+def test_a_bundle_given_the_cache_reuses_the_answers_stored_for_its_generator(
+    bundle_dir: Path, parts, tmp_path: Path
+) -> None:
+    bundle = load_bundle(bundle_dir)
+    served = bundle.predict(QUESTIONS)  # served: no cache
+    answerer = bundle.unwrap_python_model().answerer
+    # evaluate_generation loads the same folder its own way: the same key, so the same entries
+    model, tokenizer = load_generator(parts["generator"])
+    assert answerer.model.fingerprint == generator_fingerprint(model, tokenizer)
+    with GenerationCache(tmp_path / "cache") as cache:
+        use_generation_cache(bundle, cache)
+        first = bundle.predict(QUESTIONS)
+        assert (cache.hits, cache.misses) == (0, len(QUESTIONS))
+        second = bundle.predict(QUESTIONS)
+        assert (cache.hits, cache.misses) == (len(QUESTIONS), len(QUESTIONS))
+    assert first == second == served
