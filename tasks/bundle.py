@@ -24,6 +24,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         paths.generator_model,
         params.generator,
         params.bundle,
+        params.precision,
     )
     out_dir = paths.bundle_dir
     with stage_run("bundle", params) as run:
@@ -31,7 +32,8 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         run.log_artifact(out_dir / "artifacts" / f"{COMPONENTS}.json")
     print(
         f"bundle: {out_dir} = index {index_dir.name} + fusion {fusion_file} "
-        f"+ {spec['retriever']['model']} + {spec['generator']['model']} (named, not copied)"
+        f"+ {spec['retriever']['model']} + {spec['generator']['model']} (named, not copied); "
+        f"queries embedded in precision.encode={params.precision.encode}, resolved where loaded"
     )
 
 

@@ -55,6 +55,7 @@ from tasks.lib.generation.doc_queries import (
 )
 from tasks.lib.kb.generated import answer_questions, generated_triples, split_by_doc
 from tasks.lib.kb.questions import description_question, eligible_docs
+from tasks.lib.retrieval.encoder import encode_precision
 from tasks.lib.retrieval.retriever import Fusion, Retriever, round_trip_ranks
 
 
@@ -99,8 +100,12 @@ def generated_kb_questions(
     model, tokenizer = load_base_generator(
         params.paths.generator_base_dir, params.prepare_generator.model, "kb_questions"
     )
+    precision = encode_precision(params)
     retriever = Retriever.load(
-        params.paths.index_dir, Fusion.from_params(params.retrieval), base=params.project_dir
+        params.paths.index_dir,
+        Fusion.from_params(params.retrieval),
+        base=params.project_dir,
+        precision=precision,
     )
     missing = {d.id for d in chosen} - {doc["id"] for doc in retriever.docs}
     if missing:
@@ -137,6 +142,7 @@ def generated_kb_questions(
         "kept": len(kept),
         "rejected": reasons,
         "generation_seconds": round(seconds, 1),
+        "encode_precision": precision,
     }
     return splits, rejected, metrics
 
@@ -203,11 +209,13 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     with stage_run("kb_questions", params) as run:
         counts = {f"{name}_questions": len(records) for name, records in kb.items()}
         run.log_metrics(counts | {k: v for k, v in metrics.items() if isinstance(v, int | float)})
+        if source == "generated":
+            run.set_tags({"precision.encode": metrics["encode_precision"]})
     print(f"kb_questions: {source} questions; QA splits {kinds} -> {params.paths.retrieval_qa_dir}")
     if source == "generated":
         print(
             f"kb_questions: {metrics['kept']} of {metrics['docs_sampled']} docs kept; "
-            f"rejected {metrics['rejected']}"
+            f"rejected {metrics['rejected']}; round trip embedded in {metrics['encode_precision']}"
         )
     for name, records in kb.items():
         in_text = sum(bool(r.answerable) for r in records)

@@ -44,6 +44,7 @@ from tasks.lib.generation.doc_queries import (
     load_base_generator,
     sample_docs,
 )
+from tasks.lib.retrieval.encoder import encode_precision
 from tasks.lib.retrieval.retriever import Fusion, Retriever, round_trip_ranks
 
 EVALUATION_SPLITS = ("dev", "test")
@@ -93,10 +94,12 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     seconds = time.perf_counter() - started
     del model
 
+    precision = encode_precision(params)
     retriever = Retriever.load(
         params.paths.index_dir,
         Fusion.from_params(params.retrieval),
         base=params.project_dir,
+        precision=precision,
     )
     missing = {d.id for d in chosen} - {doc["id"] for doc in retriever.docs}
     if missing:
@@ -124,10 +127,11 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     write_outputs(params.paths, kept, rejected, metrics)
     with stage_run("synthesize_queries", params) as run:
         run.log_metrics(metrics)
+        run.set_tags({"precision.encode": precision})
     print(
         f"synthesize_queries: {len(chosen)} docs -> {len(kept)} questions kept "
         f"({metrics['kept_share']:.0%}; dropped {reasons}); generation {seconds:.0f} s, "
-        f"{metrics['seconds_per_question']:.2f} s a question"
+        f"{metrics['seconds_per_question']:.2f} s a question; round trip embedded in {precision}"
     )
     for record in kept[:3]:
         print(f"  {record.doc_ids[0]!r}: {record.question}")

@@ -147,7 +147,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fusion = {"rrf_k": 60, "dense_weight": 0.7, "bm25_weight": 0.3, "candidates": 10}
     write_json(root / "fusion.json", {"fusion": fusion})
     generator = make_tiny_generator(root / "models" / "generator")
-    spec = components_spec(encoder, generator, params.generator, params.bundle)
+    spec = components_spec(encoder, generator, params.generator, params.bundle, params.precision)
     save_bundle(root / "candidate", root / "index", root / "fusion.json", spec)
     return params_file
 

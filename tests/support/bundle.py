@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlparse
 import mlflow
 from mlflow import MlflowClient
 
-from tasks.lib.core.config import BundleParams, GeneratorParams
+from tasks.lib.core.config import BundleParams, GeneratorParams, PrecisionParams
 from tasks.lib.core.io import write_json
 from tasks.lib.retrieval.retriever import Fusion
 from tasks.lib.serving.bundle import components_spec, pin_components, save_bundle
@@ -28,6 +28,10 @@ SERVING = BundleParams(
     mode="hybrid",
     depth=5,
     batch_size=4,
+)
+# fp32 throughout, so a bundle's answers equal a direct fp32 retriever's on any CPU
+PRECISION = PrecisionParams(
+    encode="fp32", generate="fp32", train_retriever="fp32", train_generator="fp32"
 )
 RAG = "tiny-rag"
 FUSION = Fusion(rrf_k=60, dense_weight=0.7, bm25_weight=0.3, candidates=10)
@@ -50,7 +54,7 @@ def make_bundle_parts(root: Path) -> dict[str, Path]:
 
 
 def make_bundle(parts: dict[str, Path], out: Path) -> Path:
-    spec = components_spec(parts["encoder"], parts["generator"], GENERATOR, SERVING)
+    spec = components_spec(parts["encoder"], parts["generator"], GENERATOR, SERVING, PRECISION)
     save_bundle(out, parts["index"], parts["fusion"], spec)
     return out
 

@@ -6,7 +6,9 @@ its manifest fingerprints), the hybrid fusion chosen for that index, and the pro
 `components.json`, as local folders here and as registered versions once `register` has pinned
 them (`pin_components`), so a registered bundle is a few MB and always serves with the exact
 retriever and generator versions it was evaluated with. On load it re-checks the encoder's
-fingerprint against the index: a bundle can never pair an index with another encoder.
+fingerprint against the index: a bundle can never pair an index with another encoder. Its
+serving settings (`ServingSpec`) keep `precision.encode` as written, so `auto` resolves on the
+machine that loads the bundle: bf16 where that CPU has it, fp32 elsewhere.
 
 `predict` takes questions (a list of strings, or a DataFrame with a `question` column) and
 returns, per question, the answer, the cited doc ids (the passages in the prompt) and the wider
@@ -35,8 +37,9 @@ import pandas as pd
 from mlflow.models import Model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tasks.lib.core.config import BundleParams, GeneratorParams
+from tasks.lib.core.config import BundleParams, GeneratorParams, PrecisionParams
 from tasks.lib.core.io import InputError, atomic_path, read_text, write_json
+from tasks.lib.core.precision import PrecisionSetting, resolve_precision
 from tasks.lib.generation.generator import GenerationItem, Passage, generate_answers, item_prompt
 from tasks.lib.generation.loader import load_generator
 from tasks.lib.retrieval.encoder import load_encoder
@@ -56,6 +59,13 @@ PICKLE_SUFFIXES = {".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill"}
 PICKLE_PROTOCOLS = range(2, 6)  # a pickle of protocol 2 or later opens with 0x80 and this byte
 
 
+class ServingSpec(BundleParams):
+    """How a bundle serves: params.yaml `bundle` and the `precision.encode` setting it was
+    saved with, unresolved."""
+
+    encode_precision: PrecisionSetting = "fp32"  # what bundles saved before it existed ran in
+
+
 @dataclass
 class RagAnswerer:
     """Retrieve, build the prompt the generator was trained with, answer greedily."""
@@ -64,7 +74,7 @@ class RagAnswerer:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     generator: GeneratorParams
-    settings: BundleParams
+    settings: ServingSpec
 
     def answer(self, questions: list[str]) -> list[dict[str, Any]]:
         depth = max(self.settings.depth, self.generator.top_k)
@@ -123,12 +133,19 @@ def component_folder(spec: dict[str, str]) -> Iterator[Path]:
     yield folder
 
 
-def bundle_retriever(index_dir: Path, fusion_file: Path, encoder_spec: dict[str, str]) -> Retriever:
-    """The bundle's retriever: its index and fusion with the encoder it names (loading raises
-    EncoderMismatchError unless that is the encoder that built the index)."""
-    with component_folder(encoder_spec) as folder:
+def bundle_retriever(index_dir: Path, fusion_file: Path, spec: dict[str, Any]) -> Retriever:
+    """The bundle's retriever: its index and fusion with the encoder its components `spec`
+    names (loading raises EncoderMismatchError unless that is the encoder that built the
+    index), embedding queries in the format the spec's setting resolves to here."""
+    serving = ServingSpec.model_validate(spec["serving"])
+    with component_folder(spec["retriever"]) as folder:
         encoder = load_encoder(str(folder), Path())
-    return Retriever.load(index_dir, Fusion.from_file(fusion_file), encoder=encoder)
+    return Retriever.load(
+        index_dir,
+        Fusion.from_file(fusion_file),
+        encoder=encoder,
+        precision=resolve_precision(serving.encode_precision, "encode"),
+    )
 
 
 def questions_of(model_input: Any) -> list[str]:
@@ -147,7 +164,7 @@ class RagBundle(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         spec = json.loads(read_text(Path(context.artifacts[COMPONENTS])))
         artifacts = {key: Path(context.artifacts[key]) for key in (INDEX, FUSION)}
-        retriever = bundle_retriever(artifacts[INDEX], artifacts[FUSION], spec["retriever"])
+        retriever = bundle_retriever(artifacts[INDEX], artifacts[FUSION], spec)
         with component_folder(spec["generator"]) as folder:
             model, tokenizer = load_generator(folder)
         self.answerer = RagAnswerer(
@@ -155,7 +172,7 @@ class RagBundle(mlflow.pyfunc.PythonModel):
             model.eval(),
             tokenizer,
             GeneratorParams.model_validate(spec["prompt"]),
-            BundleParams.model_validate(spec["serving"]),
+            ServingSpec.model_validate(spec["serving"]),
         )
 
     def predict(
@@ -165,13 +182,18 @@ class RagBundle(mlflow.pyfunc.PythonModel):
 
 
 def components_spec(
-    retriever_dir: Path, generator_dir: Path, generator: GeneratorParams, settings: BundleParams
+    retriever_dir: Path,
+    generator_dir: Path,
+    generator: GeneratorParams,
+    settings: BundleParams,
+    precision: PrecisionParams,
 ) -> dict[str, Any]:
+    serving = ServingSpec(**settings.model_dump(), encode_precision=precision.encode)
     return {
         "retriever": {"model": settings.retriever_model, "path": str(retriever_dir.resolve())},
         "generator": {"model": settings.generator_model, "path": str(generator_dir.resolve())},
         "prompt": generator.model_dump(mode="json"),
-        "serving": settings.model_dump(mode="json"),
+        "serving": serving.model_dump(mode="json"),
     }
 
 
