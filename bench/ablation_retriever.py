@@ -60,7 +60,7 @@ from tasks.lib.kb.sources import (
     fanout_subquestions,
 )
 from tasks.lib.retrieval.embedding_cache import EmbeddingCache
-from tasks.lib.retrieval.encoder import load_encoder
+from tasks.lib.retrieval.encoder import Embedder, encode_precision, load_encoder
 from tasks.lib.retrieval.index_store import build_index
 from tasks.lib.retrieval.metrics import per_query_scores, qrels_from, run_from
 from tasks.lib.retrieval.retriever import Fusion, Retriever, round_trip_ranks
@@ -138,6 +138,7 @@ def with_stricter_round_trip(params: Params, params_file: Path, work: Path, k: i
         params.paths.index_dir,
         Fusion.from_params(params.retrieval),
         base=params.project_dir,
+        precision=encode_precision(params),
     )
     ranks = round_trip_ranks(
         retriever, [r.question for r in records], [r.doc_ids[0] for r in records], k
@@ -161,15 +162,23 @@ def dense_rankings(
     `model_dir`."""
     fusion = Fusion.from_params(params.retrieval)
     questions = [r.question for r in records]
+    precision = encode_precision(params)
     if model_dir is None:
-        retriever = Retriever.load(params.paths.index_dir, fusion, base=params.project_dir)
+        retriever = Retriever.load(
+            params.paths.index_dir, fusion, base=params.project_dir, precision=precision
+        )
         hits = retriever.search(questions, 10, "dense")
     else:
         docs = read_docs(params.paths.retrieval_docs)
         model = load_encoder(str(model_dir), params.project_dir)
         with tempfile.TemporaryDirectory() as scratch, EmbeddingCache(Path(scratch)) as cache:
-            build_index(docs, model, str(model_dir), cache, params.index, Path(scratch) / "index")
-            retriever = Retriever.load(Path(scratch) / "index", fusion, encoder=model)
+            embedder = Embedder(model, precision)
+            build_index(
+                docs, embedder, str(model_dir), cache, params.index, Path(scratch) / "index"
+            )
+            retriever = Retriever.load(
+                Path(scratch) / "index", fusion, encoder=model, precision=precision
+            )
             hits = retriever.search(questions, 10, "dense")
     return {r.id: [h.id for h in found] for r, found in zip(records, hits, strict=True)}
 
@@ -270,7 +279,7 @@ def main() -> None:
     rows = [r for r in earlier_rows(earlier) if r["variant"] not in names]
     for name in names:
         out = work / name
-        training_set, _ = build(params, chosen[name])
+        training_set, _ = build(params, chosen[name], encode_precision(params))
         checkpoints = work / "checkpoints" / name
         metrics = finetune(params, chosen[name], precision, training_set, out, checkpoints)
         encoder = model_dir(params, out)

@@ -1,8 +1,8 @@
 """Retrieval benchmark on the project's data, printing its figures:
 
 (a) embedding throughput of the index stage's path (normalize, hash, cache lookup, one encode
-    call per batch, cache writes) against one plain `SentenceTransformer.encode` of the same
-    texts in the same process, and their ratio;
+    call per batch, cache writes) against one plain encode of the same texts in the same
+    process and number format (`precision.encode`), and their ratio;
 (b) p50 / p95 latency of one query at k=10 for each mode, query embedding included, on the
     built index (`paths.index_dir`) with the dev and test questions.
 
@@ -28,7 +28,7 @@ import torch
 from tasks.lib.core.config import RETRIEVAL_MODES, load_params
 from tasks.lib.core.records import SPLITS, read_docs, read_qa
 from tasks.lib.retrieval.embedding_cache import EmbeddingCache, embed_with_cache
-from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
+from tasks.lib.retrieval.encoder import Embedder, encode_precision, load_encoder
 from tasks.lib.retrieval.index_store import passage_text
 from tasks.lib.retrieval.retriever import Retriever, load_fusion
 
@@ -41,24 +41,25 @@ def bench_embedding(params_file: Path, n_docs: int, repeats: int) -> None:
         docs = random.Random(0).sample(docs, n_docs)
     texts = [passage_text(doc, params.index.include_title) for doc in docs]
     model = load_encoder(params.index.encoder, params.project_dir)
-    fingerprint = encoder_fingerprint(model)
+    embedder = Embedder(model, encode_precision(params))
     batch_size = params.index.batch_size
-    model.encode(texts[:batch_size], batch_size=batch_size)  # warm-up
+    embedder.documents(texts[:batch_size], batch_size)  # warm-up
 
     stage, plain = [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as empty, EmbeddingCache(Path(empty)) as cache:
             started = time.perf_counter()
-            embed_with_cache(texts, model, fingerprint, cache, batch_size, progress=False)
+            embed_with_cache(texts, embedder, cache, batch_size, progress=False)
             stage.append(len(texts) / (time.perf_counter() - started))
         started = time.perf_counter()
-        model.encode(texts, batch_size=batch_size)
+        embedder.documents(texts, batch_size)
         plain.append(len(texts) / (time.perf_counter() - started))
         print(f"  run: index stage {stage[-1]:.1f} docs/s, plain encode {plain[-1]:.1f} docs/s")
     s, p = statistics.median(stage), statistics.median(plain)
     print(
-        f"(a) embedding {len(texts)} docs, batch {batch_size}, {torch.get_num_threads()} threads: "
-        f"index stage {s:.1f} docs/s, plain SentenceTransformer.encode {p:.1f} docs/s, "
+        f"(a) embedding {len(texts)} docs in {embedder.precision}, batch {batch_size}, "
+        f"{torch.get_num_threads()} threads: "
+        f"index stage {s:.1f} docs/s, plain encode {p:.1f} docs/s, "
         f"ratio {s / p:.3f} (median of {repeats})"
     )
 
@@ -66,7 +67,9 @@ def bench_embedding(params_file: Path, n_docs: int, repeats: int) -> None:
 def bench_latency(params_file: Path, k: int, warmup: int) -> None:
     params = load_params(params_file)
     fusion, source = load_fusion(params)
-    retriever = Retriever.load(params.paths.index_dir, fusion, base=params.project_dir)
+    retriever = Retriever.load(
+        params.paths.index_dir, fusion, base=params.project_dir, precision=encode_precision(params)
+    )
     qa_dir = params.paths.retrieval_qa_dir
     questions = [r.question for s in SPLITS if s != "train" for r in read_qa(qa_dir / f"{s}.jsonl")]
     print(

@@ -288,6 +288,7 @@ def search(
     from rich.table import Table
 
     from tasks.lib.core.config import RETRIEVAL_MODES
+    from tasks.lib.retrieval.encoder import encode_precision
     from tasks.lib.retrieval.retriever import Retriever, load_fusion
     from tasks.lib.serving.champion import champion_retriever
     from tasks.lib.serving.registry import registry_client
@@ -308,7 +309,12 @@ def search(
         else:
             fusion, fusion_source = load_fusion(settings)
             folder = index or settings.paths.index_dir
-            retriever = Retriever.load(folder, fusion, base=settings.project_dir)
+            retriever = Retriever.load(
+                folder,
+                fusion,
+                base=settings.project_dir,
+                precision=encode_precision(settings),
+            )
         hits = retriever.search(query, k=k, mode=mode)  # type: ignore[arg-type]
     table = Table("#", "title", "score", "snippet", title=f"{mode}: {query}")
     for rank, hit in enumerate(hits, start=1):

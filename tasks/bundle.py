@@ -33,7 +33,8 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         run.log_artifact(out_dir / "artifacts" / f"{COMPONENTS}.json")
     print(
         f"bundle: {out_dir} = index {index_dir.name} + fusion {fusion_file} "
-        f"+ {spec['retriever']['model']} + {spec['generator']['model']} (named, not copied)"
+        f"+ {spec['retriever']['model']} + {spec['generator']['model']} (named, not copied); "
+        f"queries embedded in precision.encode={params.precision.encode}, resolved where loaded"
     )
 
 

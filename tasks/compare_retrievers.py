@@ -30,6 +30,7 @@ from tasks.lib.core.records import QARecord, qa_sets_line, read_qa
 from tasks.lib.core.report import interval_cell, markdown_table
 from tasks.lib.core.stats import bootstrap_interval
 from tasks.lib.core.tracking import stage_run
+from tasks.lib.retrieval.encoder import encode_precision
 from tasks.lib.retrieval.metrics import per_query_scores, qrels_from, run_from
 from tasks.lib.retrieval.retriever import Fusion, Retriever, system_rankings
 
@@ -124,15 +125,18 @@ def main(params_file: Path = Path("params.yaml"), tuned_index: Path | None = Non
     params = load_params(params_file)
     compare = params.compare_retrievers
     paths = params.paths
+    precision = encode_precision(params)
     base = Retriever.load(
         paths.index_dir,
         Fusion.from_file(paths.fusion),
         base=params.project_dir,
+        precision=precision,
     )
     tuned = Retriever.load(
         tuned_index or paths.index_tuned_dir,
         Fusion.from_file(paths.fusion_tuned),
         base=params.project_dir,
+        precision=precision,
     )
     positives = set(json.loads(read_text(paths.retriever_positives)))
     records = read_qa(paths.retrieval_qa_dir / f"{compare.split}.jsonl")
@@ -167,8 +171,10 @@ def main(params_file: Path = Path("params.yaml"), tuned_index: Path | None = Non
         (out / "report.md").write_text("\n".join(tables), encoding="utf-8")
     with stage_run("compare_retrievers", params) as run:
         run.log_metrics(metrics)
+        run.set_tags({"precision.encode": precision})
         run.log_artifact(paths.retriever_comparison_dir / "report.md")
     print("\n".join(tables))
+    print(f"compare_retrievers: questions embedded in {precision}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from tasks.lib.core.records import QARecord, qa_sets_line, read_qa
 from tasks.lib.core.report import interval_cell, markdown_table
 from tasks.lib.core.stats import bootstrap_interval
 from tasks.lib.core.tracking import run_name, stage_run
+from tasks.lib.retrieval.encoder import encode_precision
 from tasks.lib.retrieval.metrics import score_rankings
 from tasks.lib.retrieval.retriever import Fusion, Retriever, system_rankings
 
@@ -76,7 +77,8 @@ def main(
     tuned = Fusion.from_file(tuned_file)
     equal = Fusion(evaluation.equal_rrf_k, 0.5, 0.5, params.retrieval.candidates)
     index_dir = index if index is not None else params.paths.index_dir
-    retriever = Retriever.load(index_dir, tuned, base=params.project_dir)
+    precision = encode_precision(params)
+    retriever = Retriever.load(index_dir, tuned, base=params.project_dir, precision=precision)
     indexed = {doc["id"] for doc in retriever.docs}
     depth = max(
         evaluation.curve_depth, *(int(m.split("@")[1]) for m in evaluation.metrics if "@" in m)
@@ -106,6 +108,7 @@ def main(
     out_dir = out if out is not None else params.paths.retrieval_eval_dir
     with stage_run(run_name("evaluate_retrieval", out), params) as run:
         run.log_metrics(metrics)
+        run.set_tags({"precision.encode": precision})
         write_evaluation(out_dir, metrics, report, tables, curves)
         run.log_artifact(out_dir)
         for split, curve in curves.items():
@@ -114,7 +117,7 @@ def main(
     print(
         f"evaluate_retrieval: tuned fusion rrf_k={tuned.rrf_k:g} dense={tuned.dense_weight:g} "
         f"bm25={tuned.bm25_weight:g}; equal: rrf_k={equal.rrf_k:g}, 0.5/0.5; "
-        f"{tuned.candidates} candidates a side"
+        f"{tuned.candidates} candidates a side; questions embedded in {precision}"
     )
     print("\n".join(tables))
     print(f"evaluate_retrieval: wrote {out_dir}")

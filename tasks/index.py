@@ -22,7 +22,7 @@ from tasks.lib.core.io import atomic_path, run_stage
 from tasks.lib.core.records import read_docs
 from tasks.lib.core.tracking import run_name, stage_run
 from tasks.lib.retrieval.embedding_cache import EmbeddingCache
-from tasks.lib.retrieval.encoder import load_encoder
+from tasks.lib.retrieval.encoder import Embedder, encode_precision, load_encoder
 from tasks.lib.retrieval.index_store import build_index
 
 
@@ -34,7 +34,7 @@ def main(
     encoder_id = encoder or params.index.encoder
     out_dir = out if out is not None else params.paths.index_dir
     docs = read_docs(params.paths.retrieval_docs)
-    model = load_encoder(encoder_id, params.project_dir)
+    embedder = Embedder(load_encoder(encoder_id, params.project_dir), encode_precision(params))
 
     started = time.perf_counter()
     with (
@@ -42,7 +42,7 @@ def main(
         EmbeddingCache(params.paths.embedding_cache) as cache,
         atomic_path(out_dir) as tmp,
     ):
-        manifest, stats = build_index(docs, model, encoder_id, cache, params.index, tmp)
+        manifest, stats = build_index(docs, embedder, encoder_id, cache, params.index, tmp)
         run.log_metrics(
             {
                 "docs": len(docs),
@@ -51,13 +51,19 @@ def main(
                 "docs_per_second": stats.docs_per_second,
             }
         )
-        run.set_tags({"encoder_fingerprint": manifest["encoder"]["fingerprint"]})
+        run.set_tags(
+            {
+                "encoder_fingerprint": manifest["encoder"]["fingerprint"],
+                "precision.encode": embedder.precision,
+            }
+        )
     total = time.perf_counter() - started
     pinned = manifest["encoder"]
 
     print(
         f"index: {len(docs)} docs, {stats.embedded} embedded, {stats.cached} from the cache "
-        f"({stats.docs_per_second:.1f} docs/s embedding, {stats.seconds:.1f} s)"
+        f"({stats.docs_per_second:.1f} docs/s embedding in {embedder.precision}, "
+        f"{stats.seconds:.1f} s)"
     )
     print(
         f"index: {manifest['faiss']['type']} faiss + bm25 in {out_dir} ({total:.1f} s in all); "

@@ -56,6 +56,7 @@ from tasks.lib.generation.doc_queries import (
 from tasks.lib.generation.generation_cache import GenerationCache
 from tasks.lib.kb.generated import answer_questions, generated_triples, split_by_doc
 from tasks.lib.kb.questions import description_question, eligible_docs
+from tasks.lib.retrieval.encoder import encode_precision
 from tasks.lib.retrieval.retriever import Fusion, Retriever, round_trip_ranks
 
 
@@ -97,8 +98,12 @@ def generated_kb_questions(
     torch.set_num_threads(synth.threads or os.cpu_count() or 1)
     chosen = sample_docs(docs, excluded, kbq.generated_docs, kbq.seed)
     forbidden = {normalize_question(r.question) for split in real.values() for r in split}
+    encode = encode_precision(params)
     retriever = Retriever.load(
-        params.paths.index_dir, Fusion.from_params(params.retrieval), base=params.project_dir
+        params.paths.index_dir,
+        Fusion.from_params(params.retrieval),
+        base=params.project_dir,
+        precision=encode,
     )
     missing = {d.id for d in chosen} - {doc["id"] for doc in retriever.docs}
     if missing:
@@ -146,6 +151,7 @@ def generated_kb_questions(
         "kept": len(kept),
         "rejected": reasons,
         "generation_seconds": round(seconds, 1),
+        "encode_precision": encode,
     }
     return splits, rejected, metrics
 
@@ -212,11 +218,13 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     with stage_run("kb_questions", params) as run:
         counts = {f"{name}_questions": len(records) for name, records in kb.items()}
         run.log_metrics(counts | {k: v for k, v in metrics.items() if isinstance(v, int | float)})
+        if source == "generated":
+            run.set_tags({"precision.encode": metrics["encode_precision"]})
     print(f"kb_questions: {source} questions; QA splits {kinds} -> {params.paths.retrieval_qa_dir}")
     if source == "generated":
         print(
             f"kb_questions: {metrics['kept']} of {metrics['docs_sampled']} docs kept; "
-            f"rejected {metrics['rejected']}"
+            f"rejected {metrics['rejected']}; round trip embedded in {metrics['encode_precision']}"
         )
     for name, records in kb.items():
         in_text = sum(bool(r.answerable) for r in records)

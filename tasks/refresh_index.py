@@ -22,7 +22,7 @@ from tasks.lib.core.records import read_docs
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.kb.changes import champion_to_refresh, read_change_set
 from tasks.lib.retrieval.embedding_cache import EmbeddingCache
-from tasks.lib.retrieval.encoder import load_encoder
+from tasks.lib.retrieval.encoder import Embedder, encode_precision, load_encoder
 from tasks.lib.retrieval.index_store import build_index
 from tasks.lib.serving.bundle import component_folder
 
@@ -42,9 +42,9 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     with stage_run("refresh_index", params) as run:
         # stage_run pointed mlflow at the project's store, where `models:/` URIs resolve.
         with component_folder(pinned.model_dump()) as folder:
-            model = load_encoder(str(folder), Path())
+            embedder = Embedder(load_encoder(str(folder), Path()), encode_precision(params))
         with EmbeddingCache(params.paths.embedding_cache) as cache, atomic_path(out_dir) as tmp:
-            manifest, stats = build_index(docs, model, encoder_id, cache, params.index, tmp)
+            manifest, stats = build_index(docs, embedder, encoder_id, cache, params.index, tmp)
         run.log_metrics(
             {"docs": len(docs), "embedded": stats.embedded, "cached": stats.cached}
             | {f"changed_{key}": value for key, value in changes.counts.items()}
@@ -54,11 +54,13 @@ def main(params_file: Path = Path("params.yaml")) -> None:
                 "encoder": encoder_id,
                 "encoder_fingerprint": manifest["encoder"]["fingerprint"],
                 "champion_version": champion.version,
+                "precision.encode": embedder.precision,
             }
         )
     print(
         f"refresh_index: {len(docs)} docs with {encoder_id} (champion "
-        f"v{champion.version}): {stats.embedded} embedded, {stats.cached} from the cache; "
+        f"v{champion.version}): {stats.embedded} embedded in {embedder.precision}, "
+        f"{stats.cached} from the cache; "
         f"the change set added {len(changes.added)}, modified {len(changes.modified)}, "
         f"deleted {len(changes.deleted)}"
     )

@@ -29,7 +29,7 @@ import torch
 
 from tasks.lib.core.config import Params, load_params
 from tasks.lib.core.io import atomic_path, run_stage, write_json, write_jsonl
-from tasks.lib.core.precision import resolve_precision
+from tasks.lib.core.precision import Precision, resolve_precision
 from tasks.lib.core.records import Doc, QARecord, read_docs
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.generation.doc_queries import (
@@ -41,15 +41,16 @@ from tasks.lib.generation.doc_queries import (
 from tasks.lib.generation.generation_cache import GenerationCache
 from tasks.lib.kb.changes import ChampionRef, champion_to_refresh, read_change_set
 from tasks.lib.kb.questions import description_question, eligible_docs, title_question
-from tasks.lib.retrieval.encoder import load_encoder
+from tasks.lib.retrieval.encoder import encode_precision, load_encoder
 from tasks.lib.retrieval.retriever import Fusion, Retriever, round_trip_ranks
 from tasks.lib.serving.bundle import component_folder
 
 
 def doc_to_query(
-    params: Params, champion: ChampionRef, docs: list[Doc]
+    params: Params, champion: ChampionRef, docs: list[Doc], precision: Precision
 ) -> tuple[list[QARecord], list[dict[str, Any]]]:
-    """Generated questions about `docs` that survive the round trip through the new index."""
+    """Generated questions about `docs` that survive the round trip through the new index
+    (questions embedded in `precision`)."""
     synth = params.synthesize_queries
     precision = resolve_precision(params.precision.generate, "generate")
     with GenerationCache(params.paths.generation_cache) as cache:
@@ -66,7 +67,10 @@ def doc_to_query(
         encoder = load_encoder(str(folder), Path())
     # Dense search alone decides the round trip: the fusion is never used.
     retriever = Retriever.load(
-        params.paths.refresh_index_dir, Fusion.from_params(params.retrieval), encoder=encoder
+        params.paths.refresh_index_dir,
+        Fusion.from_params(params.retrieval),
+        encoder=encoder,
+        precision=precision,
     )
 
     def ranks_of(questions: list[str], source_ids: list[str]) -> list[int | None]:
@@ -88,10 +92,13 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     changed = set(changes.changed)
     docs = [doc for doc in read_docs(paths.retrieval_docs) if doc.id in changed]
     chosen = sample_docs(docs, set(), settings.max_docs, settings.seed)
+    precision = encode_precision(params)
 
     with stage_run("refresh_questions", params) as run:
         # stage_run pointed mlflow at the project's store, where `models:/` URIs resolve.
-        generated, rejected = doc_to_query(params, champion, chosen) if chosen else ([], [])
+        generated, rejected = (
+            doc_to_query(params, champion, chosen, precision) if chosen else ([], [])
+        )
         template = params.kb_questions.question_template
         described = [
             description_question(doc, template)
@@ -116,9 +123,11 @@ def main(params_file: Path = Path("params.yaml")) -> None:
             write_json(tmp / paths.deleted_docs.relative_to(out_dir), changes.deleted)
             write_json(tmp / "metrics.json", metrics)
         run.log_metrics(metrics)
+        run.set_tags({"precision.encode": precision})
     print(
         f"refresh_questions: {len(chosen)} of {len(docs)} added / modified docs questioned: "
-        f"{len(generated)} generated questions kept (dropped {metrics['rejected']}), "
+        f"{len(generated)} generated questions kept (dropped {metrics['rejected']}; round "
+        f"trip embedded in {precision}), "
         f"{len(described)} description and {len(titled)} title questions; "
         f"{len(changes.deleted)} deleted docs listed"
     )

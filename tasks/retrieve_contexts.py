@@ -46,11 +46,13 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         recall = ", ".join(f"R@{cut} {n / len(records):.2f}" for cut, n in found.items())
         print(
             f"retrieve_contexts: {settings.mode} {name:12s} {len(records):4d} questions, {recall}"
+            f" (embedded in {retriever.embedder.precision})"
         )
     with atomic_path(params.paths.retrieved_contexts) as path:
         write_jsonl(path, rows)
     with stage_run("retrieve_contexts", params) as run:
         run.log_metrics(recalls)
+        run.set_tags({"precision.encode": retriever.embedder.precision})
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ import torch
 
 from tasks.lib.core.config import FinetuneRetrieverParams, Params, load_params
 from tasks.lib.core.io import atomic_path, read_text, run_stage, write_json
+from tasks.lib.core.precision import Precision
 from tasks.lib.core.records import QARecord, read_docs, read_qa, read_qa_splits
 from tasks.lib.core.tracking import stage_run
-from tasks.lib.retrieval.encoder import load_encoder
+from tasks.lib.retrieval.encoder import encode_precision, load_encoder
 from tasks.lib.retrieval.index_store import passage_text
 from tasks.lib.retrieval.retriever import Fusion, Retriever
 from tasks.lib.retrieval.training_set import (
@@ -38,10 +39,11 @@ METRICS_FILE = "metrics.json"
 
 
 def build(
-    params: Params, tune: FinetuneRetrieverParams
+    params: Params, tune: FinetuneRetrieverParams, precision: Precision
 ) -> tuple[RetrieverTrainingSet, dict[str, Any]]:
     """The set `tune` asks for from the project's KB, QA splits, synthetic questions and base
-    index, with its statistics; `tune` may differ from params (the ablation)."""
+    index (its questions embedded in `precision`), with its statistics; `tune` may differ
+    from params (the ablation)."""
     torch.set_num_threads(tune.threads or os.cpu_count() or 1)
     docs = read_docs(params.paths.retrieval_docs)
     splits = read_qa_splits(params.paths.retrieval_qa_dir)
@@ -53,6 +55,7 @@ def build(
         params.paths.index_dir,
         Fusion.from_params(params.retrieval),
         encoder=model,
+        precision=precision,
     )
     real = splits["train"] if tune.use_real else []
     synthetic: list[QARecord] = []
@@ -67,18 +70,21 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     paths = params.paths
     out_dir = paths.retriever_training_set_dir
+    precision = encode_precision(params)
     with stage_run("retriever_training_set", params) as run:
-        training_set, stats = build(params, params.finetune_retriever)
+        training_set, stats = build(params, params.finetune_retriever, precision)
         with atomic_path(out_dir) as tmp:
             set_file = paths.retriever_training_set.relative_to(out_dir)
             write_training_set(tmp / set_file, training_set)
             write_json(tmp / METRICS_FILE, stats)
         run.log_metrics(stats)
+        run.set_tags({"precision.encode": precision})
     pairs = stats["pairs"]
     print(
         f"retriever_training_set: {sum(pairs.values())} pairs ({pairs['real']} real, "
         f"{pairs['synthetic']} synthetic), {stats['negatives_per_pair']} mined negatives each "
-        f"{stats['mining'] or ''}; dev: {stats['dev_questions']} questions over "
+        f"{stats['mining'] or ''} (questions embedded in {precision}); "
+        f"dev: {stats['dev_questions']} questions over "
         f"{stats['dev_corpus_docs']} docs -> {paths.retriever_training_set}"
     )
 

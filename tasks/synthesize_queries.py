@@ -46,6 +46,7 @@ from tasks.lib.generation.doc_queries import (
     sample_docs,
 )
 from tasks.lib.generation.generation_cache import GenerationCache
+from tasks.lib.retrieval.encoder import encode_precision
 from tasks.lib.retrieval.retriever import Fusion, Retriever, round_trip_ranks
 
 EVALUATION_SPLITS = ("dev", "test")
@@ -87,7 +88,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     forbidden = {normalize_question(r.question) for s in EVALUATION_SPLITS for r in qa_splits[s]}
     chosen = sample_docs(docs, excluded, synth.n_docs, synth.seed)
 
-    precision = resolve_precision(params.precision.generate, "generate")
+    generate = resolve_precision(params.precision.generate, "generate")
     with GenerationCache(params.paths.generation_cache) as cache:
         generator = load_base_generator(
             params.paths.generator_base_dir,
@@ -95,15 +96,17 @@ def main(params_file: Path = Path("params.yaml")) -> None:
             "synthesize_queries",
             cache,
         )
-        generated, generation = generate_questions(generator, chosen, synth, precision)
+        generated, generation = generate_questions(generator, chosen, synth, generate)
         del generator  # the retriever loads next
-    print(f"synthesize_queries: {generation.summary()} (greedy, {precision})")
+    print(f"synthesize_queries: {generation.summary()} (greedy, {generate})")
     seconds = generation.seconds
 
+    encode = encode_precision(params)
     retriever = Retriever.load(
         params.paths.index_dir,
         Fusion.from_params(params.retrieval),
         base=params.project_dir,
+        precision=encode,
     )
     missing = {d.id for d in chosen} - {doc["id"] for doc in retriever.docs}
     if missing:
@@ -132,10 +135,11 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     with stage_run("synthesize_queries", params) as run:
         run.log_metrics(metrics)
         run.log_metrics({"generation_cache": {"hits": cache.hits, "misses": cache.misses}})
+        run.set_tags({"precision.encode": encode, "precision.generate": generate})
     print(
         f"synthesize_queries: {len(chosen)} docs -> {len(kept)} questions kept "
         f"({metrics['kept_share']:.0%}; dropped {reasons}); generation {seconds:.0f} s, "
-        f"{metrics['seconds_per_question']:.2f} s a question"
+        f"{metrics['seconds_per_question']:.2f} s a question; round trip embedded in {encode}"
     )
     for record in kept[:3]:
         print(f"  {record.doc_ids[0]!r}: {record.question}")

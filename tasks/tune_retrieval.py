@@ -32,6 +32,7 @@ from tasks.lib.core.records import QARecord, read_qa
 from tasks.lib.core.report import interval_cell
 from tasks.lib.core.stats import bootstrap_interval
 from tasks.lib.core.tracking import run_name, stage_run
+from tasks.lib.retrieval.encoder import encode_precision
 from tasks.lib.retrieval.metrics import score_rankings
 from tasks.lib.retrieval.retriever import FUSION_FILE, Fusion, Ranking, Retriever, fuse_rankings
 
@@ -131,8 +132,12 @@ def main(
     params = load_params(params_file)
     tune = params.tune_retrieval
     index_dir = index if index is not None else params.paths.index_dir
+    precision = encode_precision(params)
     retriever = Retriever.load(
-        index_dir, Fusion.from_params(params.retrieval), base=params.project_dir
+        index_dir,
+        Fusion.from_params(params.retrieval),
+        base=params.project_dir,
+        precision=precision,
     )
     records = read_qa(params.paths.retrieval_qa_dir / f"{tune.split}.jsonl")
     questions = [r.question for r in records]
@@ -149,6 +154,7 @@ def main(
         atomic_path(out_dir) as tmp,
     ):
         run.log_metrics({"chosen": fusion, tune.metric: score, "alone": alone, "best_gain": gain})
+        run.set_tags({"precision.encode": precision})
         write_json(
             tmp / FUSION_FILE,
             {
@@ -167,7 +173,10 @@ def main(
         )
         write_json(tmp / GRID_FILE, rows)
 
-    print(f"tune_retrieval: {tune.metric} on {tune.split} ({len(records)} questions)")
+    print(
+        f"tune_retrieval: {tune.metric} on {tune.split} ({len(records)} questions, "
+        f"embedded in {precision})"
+    )
     print("  rrf_k \\ dense_weight " + " ".join(f"{w:6.2f}" for w in tune.dense_weight))
     for rrf_k in tune.rrf_k:
         cells = [row[tune.metric] for row in rows if row["rrf_k"] == rrf_k]

@@ -126,7 +126,10 @@ def test_mined_negatives_never_contain_a_gold_doc(project: Path) -> None:
     assert len(pairs) == len(TRAIN) + 2  # the two-gold questions give two pairs each
     params = load_params(project)
     base = Retriever.load(
-        project.parent / "index", Fusion.from_params(params.retrieval), base=project.parent
+        project.parent / "index",
+        Fusion.from_params(params.retrieval),
+        base=project.parent,
+        precision="fp32",
     )
     mining = HardNegativesParams(
         count=5, range_min=0, range_max=15, margin_type="relative", margin=0.0
@@ -225,7 +228,7 @@ def test_an_empty_train_split_leaves_the_synthetic_pairs(project: Path) -> None:
     train.write_text("", encoding="utf-8")
     try:
         params = load_params(project)
-        built, _ = retriever_training_set.build(params, params.finetune_retriever)
+        built, _ = retriever_training_set.build(params, params.finetune_retriever, "fp32")
     finally:
         train.write_bytes(kept)
     assert [(p.source, p.query) for p in built.pairs] == [("synthetic", SYNTHETIC[0][0])]

@@ -9,18 +9,22 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from sentence_transformers import SentenceTransformer
+import yaml
 
+from tasks import index
+from tasks.lib.core.config import load_params
 from tasks.lib.core.io import InputError
+from tasks.lib.core.precision import CPU_BF16_ENV
 from tasks.lib.retrieval.embedding_cache import EmbeddingCache
-from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
+from tasks.lib.retrieval.encoder import Embedder, encoder_fingerprint, load_encoder
 from tasks.lib.retrieval.index_store import FAISS_FILE, MANIFEST_FILE, build_index, kb_content_hash
-from tests.support.retrieval import tiny_docs, tiny_index_params
+from tests.support.projects import project_mlflow_client
+from tests.support.retrieval import make_retrieval_project, tiny_docs, tiny_index_params
 
 
 @pytest.fixture(scope="module")
-def model(tiny_encoders: tuple[Path, Path]) -> SentenceTransformer:
-    return load_encoder(str(tiny_encoders[0]), Path())
+def embedder(tiny_encoders: tuple[Path, Path]) -> Embedder:
+    return Embedder(load_encoder(str(tiny_encoders[0]), Path()), "fp32")
 
 
 def vectors_of(index_dir: Path) -> np.ndarray:
@@ -28,11 +32,11 @@ def vectors_of(index_dir: Path) -> np.ndarray:
     return index.reconstruct_n(0, index.ntotal)
 
 
-def test_kb_update_re_embeds_only_new_and_changed_docs(tmp_path: Path, model) -> None:
+def test_kb_update_re_embeds_only_new_and_changed_docs(tmp_path: Path, embedder) -> None:
     params = tiny_index_params()
     docs = tiny_docs()
     with EmbeddingCache(tmp_path / "cache") as cache:
-        _, first = build_index(docs, model, "tiny", cache, params, tmp_path / "v1", progress=False)
+        _, first = build_index(docs, embedder, "tiny", cache, params, tmp_path / "v1", False)
         assert (first.embedded, first.cached) == (24, 0)
 
         updated = docs[1:]  # one doc removed
@@ -42,7 +46,7 @@ def test_kb_update_re_embeds_only_new_and_changed_docs(tmp_path: Path, model) ->
         )
         updated.append(docs[0].model_copy(update={"id": "new", "text": "A brand new passage."}))
         manifest, second = build_index(
-            updated, model, "tiny", cache, params, tmp_path / "v2", progress=False
+            updated, embedder, "tiny", cache, params, tmp_path / "v2", progress=False
         )
 
     # the changed text and the new doc; a whitespace-only edit and the 22 others are cache hits
@@ -50,7 +54,7 @@ def test_kb_update_re_embeds_only_new_and_changed_docs(tmp_path: Path, model) ->
     assert manifest["build"]["embedded"] == 2 and manifest["kb"]["doc_count"] == 24
 
     with EmbeddingCache(tmp_path / "fresh") as empty:
-        build_index(updated, model, "tiny", empty, params, tmp_path / "scratch", progress=False)
+        build_index(updated, embedder, "tiny", empty, params, tmp_path / "scratch", progress=False)
     np.testing.assert_allclose(
         vectors_of(tmp_path / "v2"), vectors_of(tmp_path / "scratch"), atol=1e-6
     )
@@ -60,19 +64,54 @@ def test_the_cache_is_keyed_by_encoder(tmp_path: Path, tiny_encoders) -> None:
     params, docs = tiny_index_params(), tiny_docs()
     with EmbeddingCache(tmp_path / "cache") as cache:
         for encoder in tiny_encoders:
-            model = load_encoder(str(encoder), Path())
+            embedder = Embedder(load_encoder(str(encoder), Path()), "fp32")
             _, stats = build_index(
-                docs, model, "tiny", cache, params, tmp_path / "i", progress=False
+                docs, embedder, "tiny", cache, params, tmp_path / "i", progress=False
             )
             assert (stats.embedded, stats.cached) == (24, 0)
-            assert cache.count(encoder_fingerprint(model)) == 24
+            assert cache.count(embedder.cache_key) == 24
 
 
-def test_manifest_pins_encoder_and_kb(tmp_path: Path, model, tiny_encoders) -> None:
+def test_the_cache_keeps_number_formats_apart(tmp_path: Path, embedder: Embedder) -> None:
+    """A bf16 build after an fp32 one embeds again; a second bf16 build is all cache hits."""
+    params, docs = tiny_index_params(), tiny_docs()
+    bf16 = Embedder(embedder.model, "bf16")
+    with EmbeddingCache(tmp_path / "cache") as cache:
+        builds = [
+            build_index(docs, e, "tiny", cache, params, tmp_path / "i", progress=False)
+            for e in (embedder, bf16, bf16)
+        ]
+        assert cache.count(embedder.cache_key) == cache.count(bf16.cache_key) == 24
+    assert [(stats.embedded, stats.cached) for _, stats in builds] == [(24, 0), (24, 0), (0, 24)]
+    assert [m["encoder"]["precision"] for m, _ in builds] == ["fp32", "bf16", "bf16"]
+    assert len({m["encoder"]["fingerprint"] for m, _ in builds}) == 1  # one model throughout
+
+
+def test_index_stage_embeds_in_what_precision_encode_resolves_to(
+    tmp_path: Path, tiny_encoders, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    params_file = make_retrieval_project(tmp_path, tiny_encoders[0])
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["precision"]["encode"] = "bf16"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    client = project_mlflow_client(params_file)
+    for cpu_bf16, resolved in (("0", "fp32"), ("1", "bf16")):
+        monkeypatch.setenv(CPU_BF16_ENV, cpu_bf16)
+        index.main(params_file)
+        manifest = json.loads((tmp_path / "index" / MANIFEST_FILE).read_text())
+        assert manifest["encoder"]["precision"] == resolved
+        out = capsys.readouterr().out
+        assert "24 embedded, 0 from the cache" in out and f"embedding in {resolved}" in out
+    experiment = client.get_experiment_by_name(load_params(params_file).tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'index'")
+    assert sorted(run.data.tags["precision.encode"] for run in runs) == ["bf16", "fp32"]
+
+
+def test_manifest_pins_encoder_and_kb(tmp_path: Path, embedder, tiny_encoders) -> None:
     with EmbeddingCache(tmp_path / "cache") as cache:
         build_index(
             tiny_docs(),
-            model,
+            embedder,
             str(tiny_encoders[0]),
             cache,
             tiny_index_params(),
@@ -82,7 +121,8 @@ def test_manifest_pins_encoder_and_kb(tmp_path: Path, model, tiny_encoders) -> N
     manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
     assert manifest["encoder"] == {
         "id": str(tiny_encoders[0]),
-        "fingerprint": encoder_fingerprint(model),
+        "fingerprint": encoder_fingerprint(embedder.model),
+        "precision": "fp32",
         "dimension": 32,
         "max_seq_length": 64,
     }
@@ -110,10 +150,10 @@ def test_encoder_fingerprint_follows_weights_not_location(tmp_path: Path, tiny_e
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
-def test_faiss_index_types(tmp_path: Path, model, kind: str) -> None:
+def test_faiss_index_types(tmp_path: Path, embedder, kind: str) -> None:
     params = tiny_index_params(type=kind)
     with EmbeddingCache(tmp_path / "cache") as cache:
-        build_index(tiny_docs(), model, "tiny", cache, params, tmp_path, progress=False)
+        build_index(tiny_docs(), embedder, "tiny", cache, params, tmp_path, progress=False)
     index = faiss.read_index(str(tmp_path / FAISS_FILE))
     assert index.ntotal == 24 and index.is_trained
     if kind == "ivfpq":  # lossy codes: check what was trained, not exact neighbours
@@ -124,10 +164,10 @@ def test_faiss_index_types(tmp_path: Path, model, kind: str) -> None:
     assert rows[:, 0].tolist() == list(range(24))  # every doc is its own nearest neighbour
 
 
-def test_ivfpq_with_too_few_docs_is_a_clear_error(tmp_path: Path, model) -> None:
+def test_ivfpq_with_too_few_docs_is_a_clear_error(tmp_path: Path, embedder) -> None:
     params = tiny_index_params(type="ivfpq", pq_nbits=8)
     with (
         EmbeddingCache(tmp_path / "cache") as cache,
         pytest.raises(InputError, match="at least 256 docs"),
     ):
-        build_index(tiny_docs(), model, "tiny", cache, params, tmp_path, progress=False)
+        build_index(tiny_docs(), embedder, "tiny", cache, params, tmp_path, progress=False)

@@ -38,7 +38,7 @@ from tasks.lib.core.skipped import MARKER_FILE, skipped_reason
 from tasks.lib.core.tracking import PARENT_RUN_ENV, ensure_experiment, tracking_uri
 from tasks.lib.kb.changes import NO_CHAMPION, NO_REGISTRY, UNCHANGED, read_change_set
 from tasks.lib.retrieval.embedding_cache import EmbeddingCache
-from tasks.lib.retrieval.encoder import load_encoder
+from tasks.lib.retrieval.encoder import Embedder, encode_precision, load_encoder
 from tasks.lib.retrieval.index_store import MANIFEST_FILE, build_index
 from tasks.lib.serving.bundle import COMPONENTS, components_spec, pin_components, save_bundle
 from tasks.lib.serving.registry import promote, register_models, registry_client
@@ -131,9 +131,9 @@ def register_champion(params_file: Path, encoder: Path, generator: Path) -> str:
     params = load_params(params_file)
     root = params.project_dir / "champion"
     with EmbeddingCache(params.paths.embedding_cache) as cache:
-        model = load_encoder(str(encoder), Path())
+        embedder = Embedder(load_encoder(str(encoder), Path()), encode_precision(params))
         docs = read_docs(params.paths.retrieval_docs)
-        build_index(docs, model, str(encoder), cache, params.index, root / "index", False)
+        build_index(docs, embedder, str(encoder), cache, params.index, root / "index", False)
     write_json(root / "fusion.json", {"fusion": FUSION})
     spec = components_spec(encoder, generator, params.generator, params.bundle, params.precision)
     save_bundle(root / "bundle", root / "index", root / "fusion.json", spec)

@@ -29,6 +29,7 @@ SERVING = BundleParams(
     depth=5,
     batch_size=4,
 )
+# fp32 throughout, so a bundle's answers equal a direct fp32 retriever's on any CPU
 PRECISION = PrecisionParams(
     encode="fp32", generate="fp32", train_retriever="fp32", train_generator="fp32"
 )

@@ -135,12 +135,12 @@ def tiny_index_params(**faiss_overrides: Any) -> IndexParams:
 def build_tiny_index(encoder: Path, out: Path) -> Path:
     """The index stage's library call over the tiny KB with `encoder`, cached beside `out`."""
     from tasks.lib.retrieval.embedding_cache import EmbeddingCache
-    from tasks.lib.retrieval.encoder import load_encoder
+    from tasks.lib.retrieval.encoder import Embedder, load_encoder
     from tasks.lib.retrieval.index_store import build_index
 
-    model = load_encoder(str(encoder), Path())
+    embedder = Embedder(load_encoder(str(encoder), Path()), "fp32")
     with EmbeddingCache(out.parent / f"{out.name}.cache") as cache:
-        build_index(tiny_docs(), model, str(encoder), cache, tiny_index_params(), out, False)
+        build_index(tiny_docs(), embedder, str(encoder), cache, tiny_index_params(), out, False)
     return out
 
 

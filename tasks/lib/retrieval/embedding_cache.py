@@ -1,9 +1,11 @@
 """A persistent embedding cache, so a KB update re-embeds only the passages that changed.
 
-Vectors are keyed by (sha256 of the normalized passage text, encoder fingerprint) in one sqlite
-file. The file lives outside every stage's dvc outs (`paths.embedding_cache`): dvc deletes a
-stage's outs before rerunning it, and the cache must survive exactly those reruns. Entries are
-never evicted; delete the folder to reclaim the space (the next build re-embeds everything).
+Vectors are keyed by (sha256 of the normalized passage text, encoder fingerprint and number
+format: `Embedder.cache_key`) in one sqlite file, so a bf16 build never reuses fp32 vectors nor
+the reverse. The file lives outside every stage's dvc outs (`paths.embedding_cache`): dvc
+deletes a stage's outs before rerunning it, and the cache must survive exactly those reruns.
+Entries are never evicted; delete the folder to reclaim the space (the next build re-embeds
+everything).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
-from sentence_transformers import SentenceTransformer
 from tqdm import tqdm
+
+from tasks.lib.retrieval.encoder import Embedder
 
 CACHE_FILE = "embeddings.sqlite"
 _SQL_BATCH = 500  # keys per `IN (...)` query, well under sqlite's bound-variable limit
@@ -35,7 +38,7 @@ def text_key(normalized: str) -> str:
 
 
 class EmbeddingCache:
-    """float32 vectors by (encoder fingerprint, text key), in `folder/embeddings.sqlite`."""
+    """float32 vectors by (encoder key, text key), in `folder/embeddings.sqlite`."""
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -98,8 +101,7 @@ class EmbedStats:
 
 def embed_with_cache(
     texts: Sequence[str],
-    model: SentenceTransformer,
-    fingerprint: str,
+    embedder: Embedder,
     cache: EmbeddingCache,
     batch_size: int,
     progress: bool = True,
@@ -113,7 +115,7 @@ def embed_with_cache(
     normalized = [normalize_text(t) for t in texts]
     keys = [text_key(t) for t in normalized]
     unique = dict(zip(keys, normalized, strict=True))  # identical passages are encoded once
-    vectors = cache.get_many(fingerprint, list(unique))
+    vectors = cache.get_many(embedder.cache_key, list(unique))
     misses = sorted((k for k in unique if k not in vectors), key=lambda k: -len(unique[k]))
 
     start = time.perf_counter()
@@ -122,11 +124,8 @@ def embed_with_cache(
     ) as bar:
         for at in range(0, len(misses), batch_size):
             batch = misses[at : at + batch_size]
-            encoded = model.encode_document(
-                [unique[k] for k in batch], batch_size=batch_size, convert_to_numpy=True
-            )
-            encoded = np.asarray(encoded, dtype=np.float32)
-            cache.put_many(fingerprint, zip(batch, encoded, strict=True))
+            encoded = embedder.documents([unique[k] for k in batch], batch_size)
+            cache.put_many(embedder.cache_key, zip(batch, encoded, strict=True))
             vectors.update(zip(batch, encoded, strict=True))
             bar.update(len(batch))
     seconds = time.perf_counter() - start

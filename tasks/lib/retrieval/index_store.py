@@ -3,7 +3,8 @@
   faiss.index    dense index over L2-normalized passage vectors (inner product = cosine)
   bm25/          bm25s index over the same passages
   docs.jsonl     id, title, text of each doc, in index order (faiss row i = line i)
-  manifest.json  encoder id + fingerprint, dimension, doc count, KB content hash, index params
+  manifest.json  encoder id + fingerprint + the format docs were embedded in, dimension, doc
+                 count, KB content hash, index params
 
 Embeddings come through the persistent `EmbeddingCache`, so after a KB update only new or
 changed passages are encoded.
@@ -19,13 +20,12 @@ from typing import Any
 import bm25s
 import faiss
 import numpy as np
-from sentence_transformers import SentenceTransformer
 
 from tasks.lib.core.config import Bm25Params, FaissParams, IndexParams
 from tasks.lib.core.io import InputError, write_json, write_jsonl
 from tasks.lib.core.records import Doc
 from tasks.lib.retrieval.embedding_cache import EmbeddingCache, EmbedStats, embed_with_cache
-from tasks.lib.retrieval.encoder import encoder_fingerprint
+from tasks.lib.retrieval.encoder import Embedder
 
 MANIFEST_FILE = "manifest.json"
 FAISS_FILE = "faiss.index"
@@ -101,7 +101,7 @@ def apply_search_params(index: faiss.Index, params: FaissParams) -> None:
 
 def build_index(
     docs: list[Doc],
-    model: SentenceTransformer,
+    embedder: Embedder,
     encoder_id: str,
     cache: EmbeddingCache,
     params: IndexParams,
@@ -109,11 +109,8 @@ def build_index(
     progress: bool = True,
 ) -> tuple[dict[str, Any], EmbedStats]:
     """Embed (through the cache), build both indexes into `out_dir`, return the manifest."""
-    fingerprint = encoder_fingerprint(model)
     passages = [passage_text(doc, params.include_title) for doc in docs]
-    vectors, stats = embed_with_cache(
-        passages, model, fingerprint, cache, params.batch_size, progress
-    )
+    vectors, stats = embed_with_cache(passages, embedder, cache, params.batch_size, progress)
     faiss.normalize_L2(vectors)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,9 +120,10 @@ def build_index(
     manifest = {
         "encoder": {
             "id": encoder_id,
-            "fingerprint": fingerprint,
+            "fingerprint": embedder.fingerprint,
+            "precision": embedder.precision,
             "dimension": int(vectors.shape[1]),
-            "max_seq_length": model.max_seq_length,
+            "max_seq_length": embedder.model.max_seq_length,
         },
         "kb": {"doc_count": len(docs), "fingerprint": kb_content_hash(docs)},
         "passages": {"include_title": params.include_title},

@@ -11,7 +11,10 @@ and it works on whole `Run`s through numba, which costs more than the fusion its
 `tests/test_retriever.py` checks this against ranx's `rrf` at equal weights.
 
 An index can never be searched with an encoder other than the one that built it: `load`
-compares the encoder's fingerprint with the manifest's and refuses a mismatch.
+compares the encoder's fingerprint with the manifest's and refuses a mismatch. Queries are
+embedded in the format the caller resolved (`precision.encode`, or a bundle's own setting),
+which may differ from the one the docs were embedded in (the manifest's `precision`): the
+formats' vectors are close enough to share an index.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from tasks.lib.core.config import (
     RetrievalParams,
 )
 from tasks.lib.core.io import InputError, json_lines, read_text
-from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
+from tasks.lib.core.precision import Precision
+from tasks.lib.retrieval.encoder import Embedder, encode_precision, load_encoder
 from tasks.lib.retrieval.index_store import (
     BM25_DIR,
     DOCS_FILE,
@@ -131,14 +135,14 @@ def load_fusion(params: Params) -> tuple[Fusion, str]:
 class Retriever:
     def __init__(
         self,
-        model: SentenceTransformer,
+        embedder: Embedder,
         dense_index: faiss.Index,
         bm25_index: bm25s.BM25,
         docs: list[dict[str, str]],
         manifest: dict[str, Any],
         fusion: Fusion,
     ) -> None:
-        self.model = model
+        self.embedder = embedder
         self.dense_index = dense_index
         self.bm25_index = bm25_index
         self.docs = docs
@@ -152,10 +156,12 @@ class Retriever:
         fusion: Fusion,
         encoder: SentenceTransformer | str | None = None,
         base: Path = Path(),
+        *,
+        precision: Precision,
     ) -> Retriever:
         """Open `index_dir` with `encoder` (a model, or a name/path resolved against `base`;
-        default: the manifest's encoder id). Raises EncoderMismatchError if its fingerprint
-        is not the manifest's."""
+        default: the manifest's encoder id), embedding queries in `precision`. Raises
+        EncoderMismatchError if its fingerprint is not the manifest's."""
         manifest_path = index_dir / MANIFEST_FILE
         if not manifest_path.exists():
             raise InputError(
@@ -166,7 +172,8 @@ class Retriever:
         if encoder is None:
             encoder = pinned["id"]
         model = load_encoder(encoder, base) if isinstance(encoder, str) else encoder
-        fingerprint = encoder_fingerprint(model)
+        embedder = Embedder(model, precision)
+        fingerprint = embedder.fingerprint
         if fingerprint != pinned["fingerprint"]:
             offered = encoder if isinstance(encoder, str) else "the given model"
             raise EncoderMismatchError(
@@ -179,26 +186,30 @@ class Retriever:
         apply_search_params(dense_index, FaissParams.model_validate(manifest["faiss"]))
         bm25_index = bm25s.BM25.load(str(index_dir / BM25_DIR))
         docs = [doc for _, doc in json_lines(index_dir / DOCS_FILE)]
-        return cls(model, dense_index, bm25_index, docs, manifest, fusion)
+        return cls(embedder, dense_index, bm25_index, docs, manifest, fusion)
 
     @classmethod
     def from_params(cls, params: Params, index_dir: Path | None = None) -> Retriever:
         """The project's retriever: `paths.index_dir` (or `index_dir`), tuned fusion if any."""
         fusion, _ = load_fusion(params)
         folder = index_dir if index_dir is not None else params.paths.index_dir
-        return cls.load(folder, fusion, base=params.project_dir)
+        return cls.load(folder, fusion, base=params.project_dir, precision=encode_precision(params))
 
     @classmethod
     def tuned(cls, params: Params) -> Retriever:
         """The RAG system's retriever: the tuned encoder's index with the fusion re-tuned for it."""
         fusion = Fusion.from_file(params.paths.fusion_tuned)
-        return cls.load(params.paths.index_tuned_dir, fusion, base=params.project_dir)
+        return cls.load(
+            params.paths.index_tuned_dir,
+            fusion,
+            base=params.project_dir,
+            precision=encode_precision(params),
+        )
 
     def dense(self, queries: list[str], depth: int) -> list[Ranking]:
         """Top `depth` rows by cosine similarity to each query (query embedding included)."""
         with one_thread(active=len(queries) <= FEW_QUERIES):
-            vectors = self.model.encode_query(queries, convert_to_numpy=True)
-            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+            vectors = np.ascontiguousarray(self.embedder.queries(queries))
             faiss.normalize_L2(vectors)
             scores, rows = self.dense_index.search(vectors, min(depth, len(self.docs)))
         return [

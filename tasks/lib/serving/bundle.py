@@ -2,12 +2,13 @@
 
 The bundle carries what only makes sense together: the tuned index (built by one encoder, which
 its manifest fingerprints), the hybrid fusion chosen for that index, the prompt contract
-(`generator` params) and the `precision` setting it generates in (`auto` resolved by the CPU of
-the machine that loads it). It does *not* copy the encoder or the generator: it names them in
-`components.json`, as local folders here and as registered versions once `register` has pinned
-them (`pin_components`), so a registered bundle is a few MB and always serves with the exact
-retriever and generator versions it was evaluated with. On load it re-checks the encoder's
-fingerprint against the index: a bundle can never pair an index with another encoder.
+(`generator` params) and the `precision` settings it encodes and generates in (`auto` resolved
+by the CPU of the machine that loads it: bf16 where that CPU has it, fp32 elsewhere). It does
+*not* copy the encoder or the generator: it names them in `components.json`, as local folders
+here and as registered versions once `register` has pinned them (`pin_components`), so a
+registered bundle is a few MB and always serves with the exact retriever and generator versions
+it was evaluated with. On load it re-checks the encoder's fingerprint against the index: a
+bundle can never pair an index with another encoder.
 
 `predict` takes questions (a list of strings, or a DataFrame with a `question` column) and
 returns, per question, the answer, the cited doc ids (the passages in the prompt) and the wider
@@ -40,7 +41,7 @@ from pydantic import BaseModel
 
 from tasks.lib.core.config import BundleParams, GeneratorParams, PrecisionParams
 from tasks.lib.core.io import InputError, atomic_path, read_text, write_json
-from tasks.lib.core.precision import FloatSetting, resolve_precision
+from tasks.lib.core.precision import FloatSetting, PrecisionSetting, resolve_precision
 from tasks.lib.generation.generation_cache import CachedGenerator, GenerationCache
 from tasks.lib.generation.generator import Decoding, GenerationItem, Passage, item_prompt
 from tasks.lib.generation.loader import load_generator
@@ -62,9 +63,11 @@ PICKLE_PROTOCOLS = range(2, 6)  # a pickle of protocol 2 or later opens with 0x8
 
 
 class BundlePrecision(BaseModel):
-    """The `precision` settings a bundle carries. A bundle saved before it carried them
-    generated in fp32, so that is what it still does."""
+    """The `precision` settings a bundle carries, as written (`auto` resolves on the machine
+    that loads it). A bundle saved before it carried them ran in fp32, so that is what it
+    still does."""
 
+    encode: PrecisionSetting = "fp32"
     generate: FloatSetting = "fp32"
 
 
@@ -129,12 +132,19 @@ def component_folder(spec: dict[str, str]) -> Iterator[Path]:
     yield folder
 
 
-def bundle_retriever(index_dir: Path, fusion_file: Path, encoder_spec: dict[str, str]) -> Retriever:
-    """The bundle's retriever: its index and fusion with the encoder it names (loading raises
-    EncoderMismatchError unless that is the encoder that built the index)."""
-    with component_folder(encoder_spec) as folder:
+def bundle_retriever(index_dir: Path, fusion_file: Path, spec: dict[str, Any]) -> Retriever:
+    """The bundle's retriever: its index and fusion with the encoder its components `spec`
+    names (loading raises EncoderMismatchError unless that is the encoder that built the
+    index), embedding queries in the format the spec's setting resolves to here."""
+    precision = BundlePrecision.model_validate(spec.get("precision", {}))
+    with component_folder(spec["retriever"]) as folder:
         encoder = load_encoder(str(folder), Path())
-    return Retriever.load(index_dir, Fusion.from_file(fusion_file), encoder=encoder)
+    return Retriever.load(
+        index_dir,
+        Fusion.from_file(fusion_file),
+        encoder=encoder,
+        precision=resolve_precision(precision.encode, "encode"),
+    )
 
 
 def questions_of(model_input: Any) -> list[str]:
@@ -153,7 +163,7 @@ class RagBundle(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         spec = json.loads(read_text(Path(context.artifacts[COMPONENTS])))
         artifacts = {key: Path(context.artifacts[key]) for key in (INDEX, FUSION)}
-        retriever = bundle_retriever(artifacts[INDEX], artifacts[FUSION], spec["retriever"])
+        retriever = bundle_retriever(artifacts[INDEX], artifacts[FUSION], spec)
         with component_folder(spec["generator"]) as folder:
             model, tokenizer = load_generator(folder)
         prompt = GeneratorParams.model_validate(spec["prompt"])
@@ -190,7 +200,10 @@ def components_spec(
         "generator": {"model": settings.generator_model, "path": str(generator_dir.resolve())},
         "prompt": generator.model_dump(mode="json"),
         "serving": settings.model_dump(mode="json"),
-        "precision": {"generate": precision.generate},  # a setting: `auto` resolves on load
+        "precision": {  # settings: `auto` resolves where the bundle is loaded
+            "encode": precision.encode,
+            "generate": precision.generate,
+        },
     }
 
 

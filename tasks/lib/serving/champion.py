@@ -60,7 +60,7 @@ def champion_retriever(client: MlflowClient, model: str, dst: Path) -> tuple[str
     spec = json.loads(read_text(bundle_artifact(client, model, version, COMPONENTS, dst)))
     index_dir = bundle_artifact(client, model, version, INDEX, dst)
     fusion_file = bundle_artifact(client, model, version, FUSION, dst)
-    return version, bundle_retriever(index_dir, fusion_file, spec["retriever"])
+    return version, bundle_retriever(index_dir, fusion_file, spec)
 
 
 def champion_state(client: MlflowClient, model: str) -> ChampionState | None:

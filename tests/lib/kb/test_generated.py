@@ -67,7 +67,7 @@ def bm25_ranks(
     tiny_encoders: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Retriever:
     index = build_tiny_index(tiny_encoders[0], tmp_path_factory.mktemp("generated") / "index")
-    return Retriever.load(index, Fusion(60, 0.5, 0.5, 10))
+    return Retriever.load(index, Fusion(60, 0.5, 0.5, 10), precision="fp32")
 
 
 def test_questions_are_checked_before_they_are_answered(bm25_ranks: Retriever) -> None:

@@ -10,7 +10,7 @@ import torch
 from ranx import Run, fuse
 
 from tasks.lib.retrieval.embedding_cache import EmbeddingCache
-from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
+from tasks.lib.retrieval.encoder import Embedder, encoder_fingerprint, load_encoder
 from tasks.lib.retrieval.index_store import build_index
 from tasks.lib.retrieval.retriever import EncoderMismatchError, Fusion, Hit, Retriever, weighted_rrf
 from tests.support.retrieval import build_tiny_index, tiny_docs, tiny_index_params
@@ -25,7 +25,7 @@ def index_dir(tmp_path_factory: pytest.TempPathFactory, tiny_encoders) -> Path:
 
 @pytest.fixture(scope="module")
 def retriever(index_dir: Path) -> Retriever:
-    return Retriever.load(index_dir, FUSION)
+    return Retriever.load(index_dir, FUSION, precision="fp32")
 
 
 def test_loading_with_another_encoder_is_refused_naming_both_fingerprints(
@@ -34,13 +34,14 @@ def test_loading_with_another_encoder_is_refused_naming_both_fingerprints(
     built_with = encoder_fingerprint(load_encoder(str(tiny_encoders[0]), Path()))
     other = encoder_fingerprint(load_encoder(str(tiny_encoders[1]), Path()))
     with pytest.raises(EncoderMismatchError) as refused:
-        Retriever.load(index_dir, FUSION, encoder=str(tiny_encoders[1]))
+        Retriever.load(index_dir, FUSION, encoder=str(tiny_encoders[1]), precision="fp32")
     assert built_with in str(refused.value) and other in str(refused.value)
 
 
 def test_loading_with_the_same_weights_elsewhere_is_accepted(index_dir, tiny_encoders) -> None:
     model = load_encoder(str(tiny_encoders[0]), Path())
-    assert Retriever.load(index_dir, FUSION, encoder=model).search("rings", k=1, mode="dense")
+    loaded = Retriever.load(index_dir, FUSION, encoder=model, precision="fp32")
+    assert loaded.search("rings", k=1, mode="dense")
 
 
 def test_weighted_rrf_on_a_hand_made_case() -> None:
@@ -116,7 +117,8 @@ def test_index_docs_with_unicode_line_breaks_load_whole(tmp_path: Path, tiny_enc
     docs = tiny_docs()
     docs[0] = docs[0].model_copy(update={"text": f"{docs[0].text}\u2028line\u2029para\u0085end"})
     model = load_encoder(str(tiny_encoders[0]), Path())
+    embedder = Embedder(model, "fp32")
     with EmbeddingCache(tmp_path / "cache") as cache:
-        build_index(docs, model, "tiny", cache, tiny_index_params(), tmp_path / "index", False)
-    loaded = Retriever.load(tmp_path / "index", FUSION, encoder=model).docs
+        build_index(docs, embedder, "tiny", cache, tiny_index_params(), tmp_path / "index", False)
+    loaded = Retriever.load(tmp_path / "index", FUSION, encoder=model, precision="fp32").docs
     assert [d["text"] for d in loaded] == [d.text for d in docs]

@@ -18,6 +18,7 @@ from tasks.lib.generation.generator import Decoding
 from tasks.lib.generation.loader import load_generator
 from tasks.lib.retrieval.retriever import EncoderMismatchError, Retriever
 from tasks.lib.serving.bundle import (
+    bundle_retriever,
     components_spec,
     is_bundle,
     load_bundle,
@@ -43,7 +44,9 @@ from tests.support.bundle import (
 def test_bundle_answers_citing_what_its_retriever_ranks(bundle_dir: Path, parts) -> None:
     assert is_bundle(bundle_dir)
     outputs = mlflow.pyfunc.load_model(str(bundle_dir)).predict(QUESTIONS)
-    direct = Retriever.load(parts["index"], FUSION).search(QUESTIONS, k=5, mode="hybrid")
+    direct = Retriever.load(parts["index"], FUSION, precision="fp32").search(
+        QUESTIONS, k=5, mode="hybrid"
+    )
     assert [o["question"] for o in outputs] == QUESTIONS
     for output, ranked in zip(outputs, direct, strict=True):
         assert output["retrieved"] == [hit.id for hit in ranked]
@@ -60,6 +63,20 @@ def test_a_bundle_naming_another_encoder_refuses_to_load(parts) -> None:
     save_bundle(out, parts["index"], parts["fusion"], spec)
     with pytest.raises(EncoderMismatchError, match="fingerprint"):
         mlflow.pyfunc.load_model(str(out))
+
+
+def test_a_bundle_resolves_its_encode_setting_on_the_machine_that_loads_it(
+    parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auto = PRECISION.model_copy(update={"encode": "auto"})
+    spec = components_spec(parts["encoder"], parts["generator"], GENERATOR, SERVING, auto)
+    assert spec["precision"]["encode"] == "auto"  # kept as set, not as resolved here
+    for cpu_bf16, resolved in (("0", "fp32"), ("1", "bf16")):
+        monkeypatch.setenv(CPU_BF16_ENV, cpu_bf16)
+        retriever = bundle_retriever(parts["index"], parts["fusion"], spec)
+        assert retriever.embedder.precision == resolved
+    del spec["precision"]  # a bundle saved before the settings were recorded
+    assert bundle_retriever(parts["index"], parts["fusion"], spec).embedder.precision == "fp32"
 
 
 def test_registered_bundle_pins_its_components_and_serves_from_the_registry(
