@@ -53,7 +53,12 @@ from tasks.lib.core.precision import Precision, resolve_precision
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.core.training_curves import MlflowCurves
 from tasks.lib.retrieval.embedding_cache import EmbeddingCache, embed_with_cache
-from tasks.lib.retrieval.encoder import encoder_fingerprint, load_encoder
+from tasks.lib.retrieval.encoder import (
+    Embedder,
+    encode_precision,
+    encoder_fingerprint,
+    load_encoder,
+)
 from tasks.lib.retrieval.training_set import (
     RetrieverTrainingSet,
     pair_counts,
@@ -189,20 +194,18 @@ def train_encoder(
 
 def base_dev_scores(
     evaluator: InformationRetrievalEvaluator,
-    model: SentenceTransformer,
-    fingerprint: str,
+    embedder: Embedder,
     training_set: RetrieverTrainingSet,
     cache_dir: Path,
 ) -> dict[str, float]:
     """The base encoder's dev scores. The index stage embedded the whole KB with it through the
-    embedding cache, so the dev corpus vectors are read from there (a missing one is embedded
-    and cached) and only the dev questions go through the encoder."""
+    embedding cache (in `precision.encode`), so the dev corpus vectors are read from there (a
+    missing one is embedded and cached) and only the dev questions go through the encoder."""
     texts = [p.text for p in training_set.dev_corpus]  # the evaluator's corpus order
     with EmbeddingCache(cache_dir) as cache:
-        vectors, _ = embed_with_cache(
-            texts, model, fingerprint, cache, evaluator.batch_size, progress=False
-        )
-    return dev_scores(evaluator(model, corpus_embeddings=torch.from_numpy(vectors)), DEV_SCORE)
+        vectors, _ = embed_with_cache(texts, embedder, cache, evaluator.batch_size, progress=False)
+    corpus = torch.from_numpy(vectors)
+    return dev_scores(evaluator(embedder.model, corpus_embeddings=corpus), DEV_SCORE)
 
 
 def model_dir(params: Params, out_dir: Path) -> Path:
@@ -242,9 +245,8 @@ def finetune(
         f"{counts['synthetic']} synthetic), {negatives} hard negatives each; "
         f"dev: {len(training_set.dev_queries)} questions over {corpus_docs} docs"
     )
-    base_dev = base_dev_scores(
-        evaluator, model, base_fingerprint, training_set, params.paths.embedding_cache
-    )
+    embedder = Embedder(model, encode_precision(params))
+    base_dev = base_dev_scores(evaluator, embedder, training_set, params.paths.embedding_cache)
     key = run_key(
         base_fingerprint,
         training_set.model_dump(mode="json"),
