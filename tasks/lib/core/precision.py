@@ -18,9 +18,10 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 PrecisionSetting = Literal["auto", "fp32", "bf16", "int8"]
 FloatSetting = Literal["auto", "fp32", "bf16"]  # the settings of a use int8 does not serve
@@ -68,6 +69,8 @@ def resolve_precision(setting: PrecisionSetting, use: str) -> Precision:
 def autocast(precision: Precision) -> contextlib.AbstractContextManager[None]:
     """bf16 autocast on the CPU for `bf16`; a no-op otherwise (int8 modules need none)."""
     if precision == "bf16":
+        import torch  # here, not above: config imports this module, and most stages never run torch
+
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -75,6 +78,8 @@ def autocast(precision: Precision) -> contextlib.AbstractContextManager[None]:
 def quantized_int8(module: torch.nn.Module) -> torch.nn.Module:
     """A copy of `module` with every Linear layer dynamically quantized to int8 (weights int8,
     activations quantized per batch); the original keeps its fp32 weights and fingerprint."""
+    import torch  # see `autocast`
+
     return torch.ao.quantization.quantize_dynamic(
         copy.deepcopy(module), {torch.nn.Linear}, dtype=torch.qint8
     )
