@@ -36,14 +36,16 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 from tasks.lib.core.config import FinetuneRetrieverParams, HardNegativesParams
 from tasks.lib.core.io import InputError, parse_record, read_text, write_json
 from tasks.lib.core.records import QARecord
-from tasks.lib.retrieval.retriever import Retriever
+
+if TYPE_CHECKING:  # the mining stage passes a Retriever in; the training stage only reads sets
+    from tasks.lib.retrieval.retriever import Retriever
 
 EVAL_HARD_CANDIDATES = 10  # per dev question, from the base encoder, in the dev subsample
 SOURCES = ("real", "synthetic")
