@@ -3,8 +3,8 @@
 It clones this repository at a git ref into a scratch folder (no DVC cache, no MLflow store,
 no embedding cache: what a newcomer's `make pipeline` meets after set-up), runs `dvc repro`
 with this virtualenv's tools, and times each stage from DVC's "Running stage" line to the next
-one (so a stage's time includes DVC hashing its outputs). Where the stages log `stage_seconds`
-to MLflow (their own process wall time), those are printed beside. The profile is written as
+one (so a stage's time includes DVC hashing its outputs). The `stage_seconds` each stage run
+logs to MLflow (its own process's wall time) are printed beside. The profile is written as
 JSON; given a baseline profile (`--baseline`, recorded by an earlier run of this script, or
 measured in the same run with `--baseline-ref`), it prints the ratio per stage and in total.
 

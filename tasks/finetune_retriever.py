@@ -225,7 +225,6 @@ def finetune(
     train_metrics.json, positives.json: `paths.retriever_model` and `retriever_positives` when
     it is `paths.retriever_dir`); returns the metrics. `tune`, `out_dir` and `checkpoints_dir`
     (this training's checkpoints, removed on success) may differ from params (the ablation)."""
-    started = time.perf_counter()
     torch.set_num_threads(tune.threads or os.cpu_count() or 1)
     model = load_encoder(params.index.encoder, params.project_dir)
     base_fingerprint = encoder_fingerprint(model)
@@ -264,7 +263,6 @@ def finetune(
             "dev_corpus_docs": corpus_docs,
             "dev_base": base_dev,
             **result,
-            "stage_seconds": round(time.perf_counter() - started, 1),
             "base_fingerprint": base_fingerprint,
             "tuned_fingerprint": encoder_fingerprint(model),
         }
@@ -276,9 +274,8 @@ def finetune(
     if result["steps"] < result["max_steps"]:
         steps += f" (stopped early, of {result['max_steps']})"
     print(
-        f"finetune_retriever: trained {steps} in {precision} in {result['train_seconds']:.0f} s "
-        f"(stage {metrics['stage_seconds']:.0f} s); dev nDCG@10 "
-        f"over the dev corpus: base {base_dev['ndcg@10']:.3f} -> tuned "
+        f"finetune_retriever: trained {steps} in {precision} in {result['train_seconds']:.0f} s; "
+        f"dev nDCG@10 over the dev corpus: base {base_dev['ndcg@10']:.3f} -> tuned "
         f"{result['dev_tuned']['ndcg@10']:.3f} ({result['best_checkpoint']}); saved "
         f"{model_dir(params, out_dir)}"
     )

@@ -8,6 +8,10 @@ Every entry to the store (`ensure_experiment`) first checks it in seconds (`stor
 server that does not answer or a damaged sqlite file fails there, before any work, and
 `tracking.required: false` lets a stage run unlogged instead.
 
+Every stage run logs `stage_seconds`, the stage process's wall time from its start (the
+interpreter and every import included) to the run's end, which is the stage's end, whether it
+succeeded or failed: the run is the last thing a stage closes, however late it opened it.
+
 mlflow is imported inside the functions, never at module level: importing it and opening its
 store are slow, and a stage with `tracking.enabled: false` should not pay for either.
 """
@@ -19,15 +23,19 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from tasks.lib.core.config import Params
 from tasks.lib.core.store_health import StoreUnavailable, bound_http_client, store_problem
 
 PARENT_RUN_ENV = "RAGLOOP_PARENT_RUN_ID"
+STAGE_SECONDS = "stage_seconds"  # the metric every stage run logs (see the module docstring)
 SERVER_SCHEMES = ("http://", "https://", "databricks")
 
 
@@ -259,6 +267,12 @@ class StageRun:
             client.set_tag(self.run_id, key, str(value))
 
 
+def process_seconds() -> float:
+    """Wall seconds since this process started, by the kernel's record of its start: a timer
+    the stage started itself would miss the interpreter's start-up and the imports."""
+    return time.time() - psutil.Process().create_time()
+
+
 def run_name(stage: str, out: Path | None) -> str:
     """A stage run a second time on other outputs (e.g. the tuned-encoder index) names them."""
     return stage if out is None else f"{stage}[{out.name}]"
@@ -271,9 +285,10 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
     Parent, in order: the run active in this process (a stage called from the flow itself),
     then `RAGLOOP_PARENT_RUN_ID` (a stage that `dvc repro` started for the flow); else the run
     stands alone. Logs the stage's params section and the input tags; the KB fingerprint is
-    tagged on exit, so it names the KB the stage produced or read. An exception marks the run
-    FAILED and propagates. The store is checked before the stage does any work (see
-    `logging_experiment`).
+    tagged on exit, so it names the KB the stage produced or read, and `stage_seconds` logged
+    last, unless the run nests under another run of this process (whose start is not the
+    stage's). An exception marks the run FAILED and propagates. The store is checked before the
+    stage does any work (see `logging_experiment`).
     """
     experiment_id = logging_experiment(params, stage)
     if experiment_id is None:
@@ -303,6 +318,8 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
             docs = params.paths.kb_docs
             if docs.is_file():
                 mlflow.set_tag("kb_docs_sha256", kb_docs_digest(docs))
+            if active is None:
+                mlflow.log_metric(STAGE_SECONDS, process_seconds())
 
 
 @contextlib.contextmanager

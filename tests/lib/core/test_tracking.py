@@ -25,6 +25,7 @@ from tasks.lib.core.io import run_stage
 from tasks.lib.core.store_health import bound_http_client, store_problem
 from tasks.lib.core.tracking import (
     PARENT_RUN_ENV,
+    STAGE_SECONDS,
     ensure_experiment,
     flatten,
     git_commit,
@@ -103,7 +104,9 @@ def test_stage_run_alone_logs_params_tags_metrics_artifacts(project: Path) -> No
     assert logged.info.status == "FINISHED"
     assert logged.data.params["dedup.threshold"] == "0.8"
     assert logged.data.params["precision.train_retriever"] == "bf16"  # beside the section
-    assert logged.data.metrics == {"docs_in": 9.0, "nested.ratio": 0.5}
+    metrics = dict(logged.data.metrics)
+    assert metrics.pop(STAGE_SECONDS) > 0
+    assert metrics == {"docs_in": 9.0, "nested.ratio": 0.5}
     tags = logged.data.tags
     assert tags["stage"] == "dedup" and "mlflow.parentRunId" not in tags
     docs = project.parent / load_params(project).paths.kb_docs
@@ -146,6 +149,48 @@ def test_pipeline_run_is_parent_of_stage_runs_and_cleans_env(project: Path) -> N
     client = project_mlflow_client(project)
     assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
     assert client.get_run(parent.run_id).data.tags["prefect.flow_run_id"] == "f-1"
+    # This process started long before the stage did: its age would not be the stage's time.
+    assert STAGE_SECONDS not in client.get_run(child.run_id).data.metrics
+
+
+TIMED_STAGE = """
+import sys, time
+from pathlib import Path
+
+from tasks.lib.core.config import load_params
+from tasks.lib.core.tracking import stage_run
+
+params_file, run_id_file, work_s, outcome = sys.argv[1:]
+time.sleep(float(work_s))  # work before the run opens, as most stages read their inputs first
+with stage_run("dedup", load_params(Path(params_file))) as run:
+    Path(run_id_file).write_text(run.run_id)
+    time.sleep(float(work_s))
+    if outcome == "fail":
+        raise RuntimeError("stage broke")
+"""
+
+
+@pytest.mark.parametrize("outcome", ["succeed", "fail"])
+def test_stage_seconds_times_the_stage_process_from_its_start(
+    project: Path, tmp_path: Path, outcome: str
+) -> None:
+    """A stage process that works a second before opening its run and a second inside it: the
+    run's `stage_seconds` covers both (and the start-up before them), failed or not."""
+    work_s = 1.0
+    run_id_file = tmp_path / "run_id"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", PARENT_RUN_ENV)}
+    result = subprocess.run(
+        [sys.executable, "-c", TIMED_STAGE, str(project), str(run_id_file), str(work_s), outcome],
+        cwd=project.parent,
+        env=env | {"PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (result.returncode == 0) == (outcome == "succeed"), result.stderr
+    logged = project_mlflow_client(project).get_run(run_id_file.read_text())
+    assert logged.info.status == ("FINISHED" if outcome == "succeed" else "FAILED")
+    assert logged.data.metrics[STAGE_SECONDS] >= 2 * work_s
 
 
 def test_disabled_tracking_creates_no_store(tmp_path: Path) -> None:
