@@ -22,9 +22,6 @@ for _name, _value in {
     "PREFECT_HOME": str(_PROJECT / ".state" / "prefect"),
     "HF_HOME": str(_PROJECT / ".state" / "huggingface"),
     "TOKENIZERS_PARALLELISM": "false",
-    # ranx's metrics are numba functions compiled on first call and cached: here, not beside
-    # the installed package (read-only in many installs, which makes every stage recompile).
-    "NUMBA_CACHE_DIR": str(_PROJECT / ".state" / "numba"),
     # The temporary Prefect API's telemetry phones home and, on a fresh sqlite database,
     # races the migrations ("database is locked" at every start).
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

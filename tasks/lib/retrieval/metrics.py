@@ -6,7 +6,6 @@ Metric names are ranx's: `recall@10`, `precision@5`, `mrr@10`, `ndcg@10`, ...
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -62,6 +61,6 @@ def score_rankings(
         raise RuntimeError(
             f"ranx {check} disagrees with a direct count (mean {scores[check].mean():.4f} vs "
             f"{np.mean(expected):.4f}): its compiled code is suspect; clear numba's cache "
-            f"({os.environ.get('NUMBA_CACHE_DIR', 'ranx/__pycache__')}) and rerun"
+            f"(ranx's __pycache__/*.nbi, *.nbc) and rerun"
         )
     return {name: scores[name] for name in metrics}
