@@ -29,16 +29,14 @@ import torch
 
 from tasks.lib.core.config import Params, load_params
 from tasks.lib.core.io import atomic_path, run_stage, write_json, write_jsonl
-from tasks.lib.core.precision import Precision, resolve_precision
+from tasks.lib.core.precision import Precision
 from tasks.lib.core.records import Doc, QARecord, read_docs
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.generation.doc_queries import (
     filter_questions,
-    generate_questions,
-    load_base_generator,
+    questions_for_docs,
     sample_docs,
 )
-from tasks.lib.generation.generation_cache import GenerationCache
 from tasks.lib.kb.changes import ChampionRef, champion_to_refresh, read_change_set
 from tasks.lib.kb.questions import description_question, eligible_docs, title_question
 from tasks.lib.retrieval.encoder import encode_precision, load_encoder
@@ -52,17 +50,7 @@ def doc_to_query(
     """Generated questions about `docs` that survive the round trip through the new index
     (questions embedded in `precision`)."""
     synth = params.synthesize_queries
-    precision = resolve_precision(params.precision.generate, "generate")
-    with GenerationCache(params.paths.generation_cache) as cache:
-        generator = load_base_generator(
-            params.paths.generator_base_dir,
-            params.prepare_generator.model,
-            "refresh_questions",
-            cache,
-        )
-        generated, generation = generate_questions(generator, docs, synth, precision)
-        del generator  # the encoder loads next
-    print(f"refresh_questions: {generation.summary()} (greedy, {precision})")
+    generated, _, _ = questions_for_docs(params, docs, "refresh_questions")
     with component_folder(champion.retriever.model_dump()) as folder:
         encoder = load_encoder(str(folder), Path())
     # Dense search alone decides the round trip: the fusion is never used.

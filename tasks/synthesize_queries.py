@@ -36,16 +36,13 @@ import torch
 
 from tasks.lib.core.config import PathsParams, load_params
 from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json, write_jsonl
-from tasks.lib.core.precision import resolve_precision
 from tasks.lib.core.records import QARecord, normalize_question, read_docs, read_qa_splits
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.generation.doc_queries import (
     filter_questions,
-    generate_questions,
-    load_base_generator,
+    questions_for_docs,
     sample_docs,
 )
-from tasks.lib.generation.generation_cache import GenerationCache
 from tasks.lib.retrieval.encoder import encode_precision
 from tasks.lib.retrieval.retriever import Fusion, Retriever, round_trip_ranks
 
@@ -88,17 +85,7 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     forbidden = {normalize_question(r.question) for s in EVALUATION_SPLITS for r in qa_splits[s]}
     chosen = sample_docs(docs, excluded, synth.n_docs, synth.seed)
 
-    generate = resolve_precision(params.precision.generate, "generate")
-    with GenerationCache(params.paths.generation_cache) as cache:
-        generator = load_base_generator(
-            params.paths.generator_base_dir,
-            params.prepare_generator.model,
-            "synthesize_queries",
-            cache,
-        )
-        generated, generation = generate_questions(generator, chosen, synth, generate)
-        del generator  # the retriever loads next
-    print(f"synthesize_queries: {generation.summary()} (greedy, {generate})")
+    generated, generation, generate = questions_for_docs(params, chosen, "synthesize_queries")
     seconds = generation.seconds
 
     encode = encode_precision(params)
@@ -134,7 +121,9 @@ def main(params_file: Path = Path("params.yaml")) -> None:
     write_outputs(params.paths, kept, rejected, metrics)
     with stage_run("synthesize_queries", params) as run:
         run.log_metrics(metrics)
-        run.log_metrics({"generation_cache": {"hits": cache.hits, "misses": cache.misses}})
+        run.log_metrics(
+            {"generation_cache": {"hits": generation.cached, "misses": generation.generated}}
+        )
         run.set_tags({"precision.encode": encode, "precision.generate": generate})
     print(
         f"synthesize_queries: {len(chosen)} docs -> {len(kept)} questions kept "

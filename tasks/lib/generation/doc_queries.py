@@ -17,8 +17,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from tasks.lib.core.config import SynthesizeQueriesParams
-from tasks.lib.core.precision import Precision
+from tasks.lib.core.config import Params, SynthesizeQueriesParams
+from tasks.lib.core.precision import Precision, resolve_precision
 from tasks.lib.core.records import Doc, QARecord, normalize_question
 from tasks.lib.generation.generation_cache import (
     CachedGenerator,
@@ -50,6 +50,22 @@ def load_base_generator(
         print(f"{stage}: {folder} missing, loading {fallback}")
         model, tokenizer = load_generator(fallback)
     return CachedGenerator(model.eval(), tokenizer, cache)
+
+
+def questions_for_docs(
+    params: Params, docs: list[Doc], stage: str
+) -> tuple[list[str], GenerationStats, Precision]:
+    """The base generator's raw question for each doc (`generate_questions`), through the
+    generation cache, in `precision.generate`; the model is freed before the caller loads an
+    encoder for the round trip."""
+    precision = resolve_precision(params.precision.generate, "generate")
+    with GenerationCache(params.paths.generation_cache) as cache:
+        generator = load_base_generator(
+            params.paths.generator_base_dir, params.prepare_generator.model, stage, cache
+        )
+        generated, stats = generate_questions(generator, docs, params.synthesize_queries, precision)
+    print(f"{stage}: {stats.summary()} (greedy, {precision})")
+    return generated, stats, precision
 
 
 def doc_prompt(
