@@ -56,7 +56,12 @@ from tasks.lib.core.tracking import file_digest, metric_key, run_name, stage_run
 from tasks.lib.generation.generation_cache import GenerationCache
 from tasks.lib.generation.metrics import score_prediction
 from tasks.lib.retrieval.metrics import score_rankings
-from tasks.lib.serving.bundle import load_bundle, load_registered_bundle, use_generation_cache
+from tasks.lib.serving.bundle import (
+    load_bundle,
+    load_registered_bundle,
+    show_answer_progress,
+    use_generation_cache,
+)
 from tasks.lib.serving.registry import CHAMPION, aliases, registry_client
 from tasks.lib.serving.scores import (
     CHANGE_SET,
@@ -309,6 +314,7 @@ def main(
                     print(f"evaluate: {name} v{version} on {set_name}: its scores on record")
                     continue
                 hits = cache.hits
+                show_answer_progress(model, f"evaluate: {name} on {set_name}")
                 outputs = model.predict([r.question for r in set_records])
                 print(
                     f"evaluate: {name} on {set_name}: {len(outputs)} answers, "

@@ -74,6 +74,7 @@ def predict(
                 )
                 for item in items
             ]
+            answerer.progress = f"evaluate_generation: {system.name} on {set_name}"
             answers, stats = answerer.answers(prompts, batch_size, decoding)
             predictions[set_name][system.name] = answers
             seconds[set_name][system.name] = stats.seconds / max(1, len(items))

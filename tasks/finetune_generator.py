@@ -37,6 +37,7 @@ from tasks.lib.core.checkpoints import Checkpoints, folder_digest, run_key
 from tasks.lib.core.config import FinetuneGeneratorParams, GeneratorParams, load_params
 from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json
 from tasks.lib.core.precision import Precision, resolve_precision
+from tasks.lib.core.progress import show_training_progress
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.core.training_curves import MlflowCurves
 from tasks.lib.generation.data import TRAINING_SPLITS, read_items
@@ -168,6 +169,7 @@ def finetune(
         processing_class=tokenizer,
         callbacks=[MlflowCurves()],
     )
+    show_training_progress(trainer, STAGE)
     result = trainer.train(resume_from_checkpoint=checkpoints.resume_from)
     history = trainer.state.log_history
     dev_losses = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]

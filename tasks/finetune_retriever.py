@@ -50,6 +50,7 @@ from tasks.lib.core.checkpoints import Checkpoints, run_key
 from tasks.lib.core.config import FinetuneRetrieverParams, Params, load_params
 from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json
 from tasks.lib.core.precision import Precision, resolve_precision
+from tasks.lib.core.progress import show_training_progress
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.core.training_curves import MlflowCurves
 from tasks.lib.retrieval.embedding_cache import EmbeddingCache, embed_with_cache
@@ -168,6 +169,7 @@ def train_encoder(
         evaluator=evaluator,
         callbacks=[MlflowCurves(), EarlyStoppingCallback(params.early_stopping_patience)],
     )
+    show_training_progress(trainer, STAGE)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoints.resume_from)
     seconds = time.perf_counter() - started

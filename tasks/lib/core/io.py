@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import json
+import logging
 import math
 import os
 import re
@@ -17,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -351,7 +354,62 @@ def entry_name(main: Callable[[], None]) -> str:
     return module.rpartition(".")[2]
 
 
+VERBOSE_ENV = "RAGLOOP_VERBOSE"  # "1": the libraries' own bars, INFO lines and warnings too
+
+# Read by each library when it is imported: for what a stage imports later, and its subprocesses.
+_QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "MLFLOW_LOGGING_LEVEL": "ERROR",
+}
+# Loggers whose INFO and WARNING lines speak to the libraries' developers, not to a stage's user.
+_QUIET_LOGGERS = (
+    "transformers",
+    "sentence_transformers",
+    "huggingface_hub",
+    "datasets",
+    "peft",
+    "accelerate",
+    "mlflow",
+    "alembic",
+    "great_expectations",
+)
+# (package, module, function) turning off the bars of a package already imported (a stage
+# imports its libraries before `run_stage` runs, so their environment was read already).
+_BAR_SWITCHES = (
+    ("transformers", "transformers.utils.logging", "disable_progress_bar"),
+    ("huggingface_hub", "huggingface_hub.utils", "disable_progress_bars"),
+    ("datasets", "datasets.utils", "disable_progress_bars"),
+)
+# Python warnings of API changes: for whoever upgrades the code, not for whoever runs it.
+_QUIET_WARNINGS = (FutureWarning, DeprecationWarning, PendingDeprecationWarning)
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' loading bars ("Loading weights", "Writing model shards"), INFO lines
+    and advisory warnings out of a stage's output, where they bury its own lines; their errors,
+    and every line of the project, still show."""
+    for name, value in _QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for package, module, switch in _BAR_SWITCHES:
+        if package in sys.modules:
+            getattr(importlib.import_module(module), switch)()
+    for category in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", category=category)
+
+
 def run_stage(main: Callable[[], None]) -> None:
-    """Entry point of a stage script (or a flow): every failure is one `error:` line, exit 1."""
+    """Entry point of a stage script (or a flow): every failure is one `error:` line, exit 1;
+    the libraries are quiet unless RAGLOOP_VERBOSE=1."""
+    if not verbose():
+        quiet_libraries()
     with reported_failures(entry_name(main)):
         main()

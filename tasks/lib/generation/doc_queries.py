@@ -42,14 +42,15 @@ def sample_docs(docs: list[Doc], excluded: set[str], n: int, seed: int) -> list[
 def load_base_generator(
     folder: Path, fallback: str, stage: str, cache: GenerationCache
 ) -> CachedGenerator:
-    """prepare_generator's folder, in eval mode, answering through `cache`; before it exists (a
-    run outside dvc) the `prepare_generator.model` it would convert, in memory and slower."""
+    """prepare_generator's folder, in eval mode, answering through `cache` with progress lines
+    labelled `stage`; before it exists (a run outside dvc) the `prepare_generator.model` it
+    would convert, in memory and slower."""
     if folder.is_dir():
         model, tokenizer = load_generator(folder)
     else:
         print(f"{stage}: {folder} missing, loading {fallback}")
         model, tokenizer = load_generator(fallback)
-    return CachedGenerator(model.eval(), tokenizer, cache)
+    return CachedGenerator(model.eval(), tokenizer, cache, progress=stage)
 
 
 def questions_for_docs(

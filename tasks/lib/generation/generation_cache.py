@@ -36,6 +36,7 @@ import transformers
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.lib.core.fingerprint import hash_weights, tokenizer_definition
+from tasks.lib.core.progress import Progress
 from tasks.lib.generation.generator import Decoding, generate_answers
 
 CACHE_FILE = "generations.sqlite"
@@ -176,11 +177,14 @@ class CachedGenerator:
     """A loaded generator whose greedy answers go through `cache`: only the prompts it lacks are
     generated, batched as `generate_answers` batches them, and stored batch by batch (an
     interrupted run keeps its work). Without a cache (the served bundle) every answer is
-    generated and nothing is stored. The fingerprint is taken once, at the first lookup."""
+    generated and nothing is stored. The fingerprint is taken once, at the first lookup.
+    `progress` labels the progress lines of the answers it generates (`evaluate_generation:
+    base_rag on test`); None (serving) prints none."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     cache: GenerationCache | None = None
+    progress: str | None = None
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -199,6 +203,8 @@ class CachedGenerator:
         cached = sum(key in found for key in keys)
         # Shortest first, as generate_answers orders them, so the batches are the same.
         misses = sorted((k for k in unique if k not in found), key=lambda k: len(unique[k]))
+        progress = Progress(self.progress, len(misses), "answer") if self.progress else None
+        from_cache = f"{cached} more from the cache" if cached else ""
         for at in range(0, len(misses), batch_size):
             batch = misses[at : at + batch_size]
             start = time.perf_counter()
@@ -210,6 +216,8 @@ class CachedGenerator:
             if self.cache is not None:
                 self.cache.put_many(self.fingerprint, decoding_id, made)
             found.update(made)
+            if progress is not None:
+                progress.advance(len(batch), from_cache)
         stats = GenerationStats(
             generated=len(keys) - cached,
             cached=cached,

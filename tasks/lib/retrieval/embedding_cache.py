@@ -20,8 +20,8 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
-from tqdm import tqdm
 
+from tasks.lib.core.progress import Progress
 from tasks.lib.retrieval.encoder import Embedder
 
 CACHE_FILE = "embeddings.sqlite"
@@ -119,15 +119,14 @@ def embed_with_cache(
     misses = sorted((k for k in unique if k not in vectors), key=lambda k: -len(unique[k]))
 
     start = time.perf_counter()
-    with tqdm(
-        total=len(misses), desc="embed", unit="doc", disable=not progress or not misses
-    ) as bar:
-        for at in range(0, len(misses), batch_size):
-            batch = misses[at : at + batch_size]
-            encoded = embedder.documents([unique[k] for k in batch], batch_size)
-            cache.put_many(embedder.cache_key, zip(batch, encoded, strict=True))
-            vectors.update(zip(batch, encoded, strict=True))
-            bar.update(len(batch))
+    lines = Progress("embed", len(misses), "doc") if progress else None
+    for at in range(0, len(misses), batch_size):
+        batch = misses[at : at + batch_size]
+        encoded = embedder.documents([unique[k] for k in batch], batch_size)
+        cache.put_many(embedder.cache_key, zip(batch, encoded, strict=True))
+        vectors.update(zip(batch, encoded, strict=True))
+        if lines is not None:
+            lines.advance(len(batch))
     seconds = time.perf_counter() - start
 
     matrix = np.stack([vectors[k] for k in keys]).astype(np.float32, copy=False)

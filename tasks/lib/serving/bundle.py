@@ -188,6 +188,11 @@ def use_generation_cache(bundle: mlflow.pyfunc.PyFuncModel, cache: GenerationCac
     bundle.unwrap_python_model().answerer.model.cache = cache
 
 
+def show_answer_progress(bundle: mlflow.pyfunc.PyFuncModel, label: str) -> None:
+    """Let a loaded bundle print progress lines labelled `label` while it generates answers."""
+    bundle.unwrap_python_model().answerer.model.progress = label
+
+
 def components_spec(
     retriever_dir: Path,
     generator_dir: Path,
