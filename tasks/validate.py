@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import great_expectations as gx  # analytics are off: tasks/__init__.py sets the environment
 import pandas as pd
+from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.data_context import AbstractDataContext
 from great_expectations.data_context.types.base import (
     DataContextConfig,
@@ -37,6 +39,7 @@ from great_expectations.data_context.types.base import (
 )
 
 from tasks.lib.core.config import ValidateParams, load_params
+from tasks.lib.core.data_docs import make_offline
 from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json, write_jsonl
 from tasks.lib.core.records import Doc, QARecord, QuarantinedDoc, read_docs, read_qa_splits
 from tasks.lib.core.tracking import stage_run
@@ -56,6 +59,9 @@ CONTROL_CHARS = {
 BLANK = r"^\s*$"  # valid in RE2 too: pandas runs regexes on pyarrow strings with it
 GX_KWARGS = ("batch_id", "column", "result_format")  # bookkeeping, not what the check demands
 STOP, QUARANTINE = "stop", "quarantine"
+# The run time GX writes into the data docs (page text, folder names): fixed, so unchanged
+# inputs give the same bytes and dvc.lock stays put; the MLflow run holds the real time.
+RUN_ID = RunIdentifier(run_time=datetime(1970, 1, 1, tzinfo=UTC))
 
 
 def control_char_share(text: str) -> float:
@@ -254,8 +260,9 @@ def html_escaped(value: Any) -> Any:
     return value
 
 
-def escape_stored_results(context: AbstractDataContext) -> None:
-    """Escape the values in the stored results the data docs are built from.
+def prepare_stored_results(context: AbstractDataContext) -> None:
+    """Escape the values in the stored results the data docs are built from, and pin their
+    batch load time to RUN_ID's (GX stamps each batch with the time it was read).
 
     GX escapes the parameters of its sentences but not the cells of its unexpected-values
     tables (values, counts, the ids of the offending rows). The results the verdict and the
@@ -266,6 +273,7 @@ def escape_stored_results(context: AbstractDataContext) -> None:
         suite_result = store.get(key)
         for result in suite_result.results:
             result.result = html_escaped(result.result)
+        suite_result.meta["batch_markers"]["ge_load_time"] = f"{RUN_ID.run_time:%Y%m%dT%H%M%S.%fZ}"
         store.set(key, suite_result)
 
 
@@ -301,7 +309,9 @@ def run_suites(
             "result_format": "COMPLETE",
             "unexpected_index_column_names": list(index_columns),
         }
-        result = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+        result = definition.run(
+            batch_parameters={"dataframe": frame}, result_format=result_format, run_id=RUN_ID
+        )
         expectations = [
             expectation_outcome(suite.name, r, index_columns, report_examples)
             for r in result.results
@@ -311,8 +321,9 @@ def run_suites(
                 quarantine.setdefault(doc.id, doc)
         outcomes.append(SuiteOutcome(suite.name, bool(result.success), len(frame), expectations))
     if docs_dir:
-        escape_stored_results(context)
+        prepare_stored_results(context)
         context.build_data_docs()
+        make_offline(docs_dir)
     return ValidationReport(outcomes, list(quarantine.values()), max_quarantined_share)
 
 
