@@ -15,7 +15,8 @@ was itself judged on, if that was on this very test split; otherwise the gate re
 
 Outputs: the decision with every interval and question count (`--decision`, default
 `register.decision_file`), the same on the MLflow run (metrics `gate.<metric>.diff/low/high`,
-tags) and on the new version's tags (`gate.decision`, `gate.summary`).
+tags) and on the new versions, whose page in the registry shows their description and tags
+(`gate.decision`, `gate.summary`, `metric.<name>`, `gate.<metric>.diff/low/high`).
 
 Under DVC this stage runs only when a model or the evaluation changed, so an unchanged
 pipeline never registers duplicate versions.
