@@ -125,51 +125,51 @@ def main(params_file: Path = Path("params.yaml"), tuned_index: Path | None = Non
     params = load_params(params_file)
     compare = params.compare_retrievers
     paths = params.paths
-    precision = encode_precision(params)
-    base = Retriever.load(
-        paths.index_dir,
-        Fusion.from_file(paths.fusion),
-        base=params.project_dir,
-        precision=precision,
-    )
-    tuned = Retriever.load(
-        tuned_index or paths.index_tuned_dir,
-        Fusion.from_file(paths.fusion_tuned),
-        base=params.project_dir,
-        precision=precision,
-    )
-    positives = set(json.loads(read_text(paths.retriever_positives)))
-    records = read_qa(paths.retrieval_qa_dir / f"{compare.split}.jsonl")
-    depth = max(int(m.split("@")[1]) for m in compare.metrics if "@" in m)
-    rankings = compare_rankings(base, tuned, [r.question for r in records], depth)
-
-    unseen = unseen_doc_subset(records, positives)
-    subsets = {compare.split: records, f"{compare.split}_unseen_docs": unseen}
-    index_of = {r.id: i for i, r in enumerate(records)}
-    results = {}
-    for name, subset in subsets.items():
-        picked = {s: [ranked[index_of[r.id]] for r in subset] for s, ranked in rankings.items()}
-        results[name] = compare_subset(subset, picked, compare)
-    report = {
-        "fusion": {"base": vars(base.fusion), "tuned": vars(tuned.fusion)},
-        "encoders": {"base": base.manifest["encoder"], "tuned": tuned.manifest["encoder"]},
-        **results,
-    }
-    metrics = {
-        name: {
-            system: {metric: round(v["mean"], 4) for metric, v in by_metric.items()}
-            for system, by_metric in result["systems"].items()
-        }
-        for name, result in results.items()
-    }
-    tables = [qa_sets_line(paths.retrieval_qa_dir, [compare.split]) + "\n"]
-    tables += [markdown(n, r, compare.metrics, compare.confidence) for n, r in results.items()]
-    with atomic_path(paths.retriever_comparison_dir) as out:
-        out.mkdir(parents=True)
-        write_json(out / "metrics.json", metrics)
-        write_json(out / "report.json", report)
-        (out / "report.md").write_text("\n".join(tables), encoding="utf-8")
     with stage_run("compare_retrievers", params) as run:
+        precision = encode_precision(params)
+        base = Retriever.load(
+            paths.index_dir,
+            Fusion.from_file(paths.fusion),
+            base=params.project_dir,
+            precision=precision,
+        )
+        tuned = Retriever.load(
+            tuned_index or paths.index_tuned_dir,
+            Fusion.from_file(paths.fusion_tuned),
+            base=params.project_dir,
+            precision=precision,
+        )
+        positives = set(json.loads(read_text(paths.retriever_positives)))
+        records = read_qa(paths.retrieval_qa_dir / f"{compare.split}.jsonl")
+        depth = max(int(m.split("@")[1]) for m in compare.metrics if "@" in m)
+        rankings = compare_rankings(base, tuned, [r.question for r in records], depth)
+
+        unseen = unseen_doc_subset(records, positives)
+        subsets = {compare.split: records, f"{compare.split}_unseen_docs": unseen}
+        index_of = {r.id: i for i, r in enumerate(records)}
+        results = {}
+        for name, subset in subsets.items():
+            picked = {s: [ranked[index_of[r.id]] for r in subset] for s, ranked in rankings.items()}
+            results[name] = compare_subset(subset, picked, compare)
+        report = {
+            "fusion": {"base": vars(base.fusion), "tuned": vars(tuned.fusion)},
+            "encoders": {"base": base.manifest["encoder"], "tuned": tuned.manifest["encoder"]},
+            **results,
+        }
+        metrics = {
+            name: {
+                system: {metric: round(v["mean"], 4) for metric, v in by_metric.items()}
+                for system, by_metric in result["systems"].items()
+            }
+            for name, result in results.items()
+        }
+        tables = [qa_sets_line(paths.retrieval_qa_dir, [compare.split]) + "\n"]
+        tables += [markdown(n, r, compare.metrics, compare.confidence) for n, r in results.items()]
+        with atomic_path(paths.retriever_comparison_dir) as out:
+            out.mkdir(parents=True)
+            write_json(out / "metrics.json", metrics)
+            write_json(out / "report.json", report)
+            (out / "report.md").write_text("\n".join(tables), encoding="utf-8")
         run.log_metrics(metrics)
         run.set_tags({"precision.encode": precision})
         run.log_artifact(paths.retriever_comparison_dir / "report.md")

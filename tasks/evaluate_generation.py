@@ -236,29 +236,29 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         GeneratorSystem("base_rag", base, rag=True),
         GeneratorSystem("tuned_rag", tuned, rag=True),
     ]
-    precision = resolve_precision(params.precision.generate, "generate")
-    print(f"evaluate_generation: greedy generation in {precision}", flush=True)
-    with GenerationCache(paths.generation_cache) as cache:
-        metrics, rows = evaluate_generation(
-            systems, eval_sets, generator, params.evaluate_generation, precision, cache
-        )
-    names = [s.name for s in systems]
-    with atomic_path(paths.generation_eval_dir) as out:
-        write_json(out / "metrics.json", metrics)
-        (out / "predictions.jsonl").write_text(jsonl_lines(rows), encoding="utf-8")
-        (out / "samples.md").write_text(
-            sets_line
-            + "\n\n"
-            + samples_markdown(
-                rows,
-                eval_sets,
-                names,
-                params.evaluate_generation.samples,
-                params.evaluate_generation.seed,
-            ),
-            encoding="utf-8",
-        )
     with stage_run("evaluate_generation", params) as run:
+        precision = resolve_precision(params.precision.generate, "generate")
+        print(f"evaluate_generation: greedy generation in {precision}", flush=True)
+        with GenerationCache(paths.generation_cache) as cache:
+            metrics, rows = evaluate_generation(
+                systems, eval_sets, generator, params.evaluate_generation, precision, cache
+            )
+        names = [s.name for s in systems]
+        with atomic_path(paths.generation_eval_dir) as out:
+            write_json(out / "metrics.json", metrics)
+            (out / "predictions.jsonl").write_text(jsonl_lines(rows), encoding="utf-8")
+            (out / "samples.md").write_text(
+                sets_line
+                + "\n\n"
+                + samples_markdown(
+                    rows,
+                    eval_sets,
+                    names,
+                    params.evaluate_generation.samples,
+                    params.evaluate_generation.seed,
+                ),
+                encoding="utf-8",
+            )
         run.log_metrics(metrics)
         run.log_metrics({"generation_cache": {"hits": cache.hits, "misses": cache.misses}})
         run.log_artifact(paths.generation_eval_dir / "samples.md")

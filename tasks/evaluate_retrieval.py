@@ -77,36 +77,42 @@ def main(
     tuned = Fusion.from_file(tuned_file)
     equal = Fusion(evaluation.equal_rrf_k, 0.5, 0.5, params.retrieval.candidates)
     index_dir = index if index is not None else params.paths.index_dir
-    precision = encode_precision(params)
-    retriever = Retriever.load(index_dir, tuned, base=params.project_dir, precision=precision)
-    indexed = {doc["id"] for doc in retriever.docs}
-    depth = max(
-        evaluation.curve_depth, *(int(m.split("@")[1]) for m in evaluation.metrics if "@" in m)
-    )
-
-    metrics: dict[str, Any] = {}
-    report: dict[str, Any] = {"fusion": {"equal": vars(equal), "tuned": vars(tuned)}}
-    tables, curves = [qa_sets_line(params.paths.retrieval_qa_dir, evaluation.splits) + "\n"], {}
-    for split in evaluation.splits:
-        records = read_qa(params.paths.retrieval_qa_dir / f"{split}.jsonl")
-        rankings = system_rankings(retriever, [r.question for r in records], depth, equal, tuned)
-        summary, curves[split] = evaluate_split(records, rankings, evaluation)
-        missing = sum(not set(r.doc_ids) & indexed for r in records)
-        metrics[split] = {
-            s: {m: round(v["mean"], 4) for m, v in ms.items()} for s, ms in summary.items()
-        }
-        report[split] = {"questions": len(records), "gold_not_indexed": missing, "systems": summary}
-        tables.append(
-            split_table(split, len(records), summary, evaluation.metrics, evaluation.confidence)
-        )
-        if missing:
-            print(
-                f"evaluate_retrieval: warning: {missing} {split} questions"
-                " have no gold doc in the index"
-            )
-
-    out_dir = out if out is not None else params.paths.retrieval_eval_dir
     with stage_run(run_name("evaluate_retrieval", out), params) as run:
+        precision = encode_precision(params)
+        retriever = Retriever.load(index_dir, tuned, base=params.project_dir, precision=precision)
+        indexed = {doc["id"] for doc in retriever.docs}
+        depth = max(
+            evaluation.curve_depth, *(int(m.split("@")[1]) for m in evaluation.metrics if "@" in m)
+        )
+
+        metrics: dict[str, Any] = {}
+        report: dict[str, Any] = {"fusion": {"equal": vars(equal), "tuned": vars(tuned)}}
+        tables, curves = [qa_sets_line(params.paths.retrieval_qa_dir, evaluation.splits) + "\n"], {}
+        for split in evaluation.splits:
+            records = read_qa(params.paths.retrieval_qa_dir / f"{split}.jsonl")
+            rankings = system_rankings(
+                retriever, [r.question for r in records], depth, equal, tuned
+            )
+            summary, curves[split] = evaluate_split(records, rankings, evaluation)
+            missing = sum(not set(r.doc_ids) & indexed for r in records)
+            metrics[split] = {
+                s: {m: round(v["mean"], 4) for m, v in ms.items()} for s, ms in summary.items()
+            }
+            report[split] = {
+                "questions": len(records),
+                "gold_not_indexed": missing,
+                "systems": summary,
+            }
+            tables.append(
+                split_table(split, len(records), summary, evaluation.metrics, evaluation.confidence)
+            )
+            if missing:
+                print(
+                    f"evaluate_retrieval: warning: {missing} {split} questions"
+                    " have no gold doc in the index"
+                )
+
+        out_dir = out if out is not None else params.paths.retrieval_eval_dir
         run.log_metrics(metrics)
         run.set_tags({"precision.encode": precision})
         write_evaluation(out_dir, metrics, report, tables, curves)

@@ -33,30 +33,32 @@ def main(
     torch.set_num_threads(params.index.threads or os.cpu_count() or 1)
     encoder_id = encoder or params.index.encoder
     out_dir = out if out is not None else params.paths.index_dir
-    docs = read_docs(params.paths.retrieval_docs)
-    embedder = Embedder(load_encoder(encoder_id, params.project_dir), encode_precision(params))
+    with stage_run(run_name("index", out), params) as run:
+        docs = read_docs(params.paths.retrieval_docs)
+        embedder = Embedder(load_encoder(encoder_id, params.project_dir), encode_precision(params))
 
-    started = time.perf_counter()
-    with (
-        stage_run(run_name("index", out), params) as run,
-        EmbeddingCache(params.paths.embedding_cache) as cache,
-        atomic_path(out_dir) as tmp,
-    ):
-        manifest, stats = build_index(docs, embedder, encoder_id, cache, params.index, tmp)
-        run.log_metrics(
-            {
-                "docs": len(docs),
-                "embedded": stats.embedded,
-                "cached": stats.cached,
-                "docs_per_second": stats.docs_per_second,
-            }
-        )
-        run.set_tags(
-            {
-                "encoder_fingerprint": manifest["encoder"]["fingerprint"],
-                "precision.encode": embedder.precision,
-            }
-        )
+        started = time.perf_counter()
+        with (
+            EmbeddingCache(params.paths.embedding_cache) as cache,
+            atomic_path(out_dir) as tmp,
+        ):
+            manifest, stats = build_index(docs, embedder, encoder_id, cache, params.index, tmp)
+            run.log_metrics(
+                {
+                    "docs": len(docs),
+                    "embedded": stats.embedded,
+                    "cached": stats.cached,
+                    "docs_per_second": stats.docs_per_second,
+                }
+            )
+            run.set_tags(
+                {
+                    "encoder_fingerprint": manifest["encoder"]["fingerprint"],
+                    "precision.encode": embedder.precision,
+                }
+            )
+            # `--encoder` overrides `index.encoder`: the params name what this index embeds with.
+            run.log_params({"encoder": encoder_id, "precision.encode": embedder.precision})
     total = time.perf_counter() - started
     pinned = manifest["encoder"]
 

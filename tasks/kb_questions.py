@@ -201,21 +201,21 @@ def write_outputs(
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     kbq = params.kb_questions
-    docs = read_docs(params.paths.retrieval_docs)
-    real = read_qa_splits(params.paths.dedup_qa_dir)
-    real_gold = {d for records in real.values() for r in records for d in r.doc_ids}
-    source = question_source(docs, kbq, real_gold)
-    if source == "description":
-        kb, rejected, metrics = make_kb_questions(docs, kbq, real_gold), [], {}
-    else:
-        kb, rejected, metrics = generated_kb_questions(params, docs, real, real_gold)
-    qa, kb_written, kinds = qa_splits_for(real, kb, source)
-    metrics = {"source": source, **metrics} | {
-        "questions": {name: len(records) for name, records in kb.items()},
-        "written": {name: len(records) for name, records in kb_written.items()},
-    }
-    write_outputs(params.paths, qa, kb_written, kinds, rejected, metrics)
     with stage_run("kb_questions", params) as run:
+        docs = read_docs(params.paths.retrieval_docs)
+        real = read_qa_splits(params.paths.dedup_qa_dir)
+        real_gold = {d for records in real.values() for r in records for d in r.doc_ids}
+        source = question_source(docs, kbq, real_gold)
+        if source == "description":
+            kb, rejected, metrics = make_kb_questions(docs, kbq, real_gold), [], {}
+        else:
+            kb, rejected, metrics = generated_kb_questions(params, docs, real, real_gold)
+        qa, kb_written, kinds = qa_splits_for(real, kb, source)
+        metrics = {"source": source, **metrics} | {
+            "questions": {name: len(records) for name, records in kb.items()},
+            "written": {name: len(records) for name, records in kb_written.items()},
+        }
+        write_outputs(params.paths, qa, kb_written, kinds, rejected, metrics)
         counts = {f"{name}_questions": len(records) for name, records in kb.items()}
         run.log_metrics(counts | {k: v for k, v in metrics.items() if isinstance(v, int | float)})
         if source == "generated":

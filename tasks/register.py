@@ -15,7 +15,8 @@ was itself judged on, if that was on this very test split; otherwise the gate re
 
 Outputs: the decision with every interval and question count (`--decision`, default
 `register.decision_file`), the same on the MLflow run (metrics `gate.<metric>.diff/low/high`,
-tags) and on the new version's tags (`gate.decision`, `gate.summary`).
+tags) and on the new versions, whose page in the registry shows their description and tags
+(`gate.decision`, `gate.summary`, `metric.<name>`, `gate.<metric>.diff/low/high`).
 
 Under DVC this stage runs only when a model or the evaluation changed, so an unchanged
 pipeline never registers duplicate versions.
@@ -202,12 +203,20 @@ def refresh_pins(
 
 
 def record_decision(
-    client: MlflowClient, run: Any, model: str, version: str, decision: Decision
+    client: MlflowClient,
+    run: Any,
+    model: str,
+    versions: dict[str, str],
+    decision: Decision,
+    metrics: dict[str, float],
 ) -> None:
-    """The decision on the run (metrics, tags) and on the judged version (tags)."""
+    """The decision on the run (metrics, tags) and on the new versions, where the registry's
+    version page shows it: it shows a version's description and tags, not its run's metrics.
+    The judged version is tagged with its headline metrics and the gate's intervals."""
     verdict = "promote" if decision.promote else "keep"
     summary = json.dumps(decision.summary(), separators=(",", ":"))
-    run.log_metrics(decision.metrics())
+    gate_metrics = decision.metrics()
+    run.log_metrics(gate_metrics)
     run.set_tags(
         {
             "gate.decision": verdict,
@@ -216,8 +225,31 @@ def record_decision(
             "gate.summary": summary,
         }
     )
-    client.set_model_version_tag(model, version, "gate.decision", verdict)
-    client.set_model_version_tag(model, version, "gate.summary", summary)
+    version = versions[model]
+    tags = {"gate.decision": verdict, "gate.summary": summary}
+    tags |= {f"metric.{key}": f"{value:.4g}" for key, value in metrics.items()}
+    tags |= {key: f"{value:.4g}" for key, value in gate_metrics.items()}
+    for key, value in tags.items():
+        client.set_model_version_tag(model, version, key, value)
+    outcome = "promoted to champion" if decision.promote else "not promoted"
+    client.update_model_version(
+        model,
+        version,
+        description=(
+            f"Registered by the register run {run.run_id}, {outcome} ({decision.rule} rule, "
+            f"against {decision.against}). " + " ".join(decision.reasons)
+        ),
+    )
+    for name, component in versions.items():
+        if name != model:
+            client.update_model_version(
+                name,
+                component,
+                description=(
+                    f"Registered by the register run {run.run_id}; {model} v{version} pins "
+                    f"it and was {outcome}."
+                ),
+            )
 
 
 def main(
@@ -284,7 +316,7 @@ def main(
         version = versions[reg.judged]
         if decision.promote:
             promote_judged(client, reg.judged, version, champion, decision.summary())
-        record_decision(client, run, reg.judged, version, decision)
+        record_decision(client, run, reg.judged, versions, decision, systems[gate.candidate])
         report = decision.to_dict() | {"model": reg.judged, "versions": versions}
         with atomic_path(out_file) as out:
             write_json(out, report)

@@ -28,29 +28,31 @@ def question_sets(params: Params) -> dict[str, list[QARecord]]:
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     settings = params.retrieve_contexts
-    retriever = Retriever.tuned(params)
-    rows = []
-    recalls: dict[str, float] = {}
-    for name, records in question_sets(params).items():
-        if not records:  # e.g. the KB dev / held-out sets when they are the QA dev / test splits
-            print(f"retrieve_contexts: {name:12s}    0 questions, skipped")
-            continue
-        hits = retriever.search([r.question for r in records], k=settings.k, mode=settings.mode)
-        found = dict.fromkeys(sorted({1, params.generator.top_k, settings.k}), 0)
-        for record, ranked in zip(records, hits, strict=True):
-            ids = [hit.id for hit in ranked]
-            rows.append({"id": record.id, "doc_ids": ids, "scores": [h.score for h in ranked]})
-            for cut in found:
-                found[cut] += bool(set(ids[:cut]) & set(record.doc_ids))
-        recalls |= {f"{name}.recall_at_{cut}": n / len(records) for cut, n in found.items()}
-        recall = ", ".join(f"R@{cut} {n / len(records):.2f}" for cut, n in found.items())
-        print(
-            f"retrieve_contexts: {settings.mode} {name:12s} {len(records):4d} questions, {recall}"
-            f" (embedded in {retriever.embedder.precision})"
-        )
-    with atomic_path(params.paths.retrieved_contexts) as path:
-        write_jsonl(path, rows)
     with stage_run("retrieve_contexts", params) as run:
+        retriever = Retriever.tuned(params)
+        rows = []
+        recalls: dict[str, float] = {}
+        for name, records in question_sets(params).items():
+            if (
+                not records
+            ):  # e.g. the KB dev / held-out sets when they are the QA dev / test splits
+                print(f"retrieve_contexts: {name:12s}    0 questions, skipped")
+                continue
+            hits = retriever.search([r.question for r in records], k=settings.k, mode=settings.mode)
+            found = dict.fromkeys(sorted({1, params.generator.top_k, settings.k}), 0)
+            for record, ranked in zip(records, hits, strict=True):
+                ids = [hit.id for hit in ranked]
+                rows.append({"id": record.id, "doc_ids": ids, "scores": [h.score for h in ranked]})
+                for cut in found:
+                    found[cut] += bool(set(ids[:cut]) & set(record.doc_ids))
+            recalls |= {f"{name}.recall_at_{cut}": n / len(records) for cut, n in found.items()}
+            recall = ", ".join(f"R@{cut} {n / len(records):.2f}" for cut, n in found.items())
+            print(
+                f"retrieve_contexts: {settings.mode} {name:12s} {len(records):4d} questions, "
+                f"{recall} (embedded in {retriever.embedder.precision})"
+            )
+        with atomic_path(params.paths.retrieved_contexts) as path:
+            write_jsonl(path, rows)
         run.log_metrics(recalls)
         run.set_tags({"precision.encode": retriever.embedder.precision})
 

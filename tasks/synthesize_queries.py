@@ -77,49 +77,54 @@ def main(params_file: Path = Path("params.yaml")) -> None:
             run.log_metrics({"kept": 0})
         print("synthesize_queries: skipped (finetune_retriever.use_synthetic is false)")
         return
-    torch.manual_seed(synth.seed)
-    torch.set_num_threads(synth.threads or os.cpu_count() or 1)
-    docs = read_docs(params.paths.retrieval_docs)
-    qa_splits = read_qa_splits(params.paths.retrieval_qa_dir)
-    excluded = evaluation_gold_docs(qa_splits)
-    forbidden = {normalize_question(r.question) for s in EVALUATION_SPLITS for r in qa_splits[s]}
-    chosen = sample_docs(docs, excluded, synth.n_docs, synth.seed)
-
-    generated, generation, generate = questions_for_docs(params, chosen, "synthesize_queries")
-    seconds = generation.seconds
-
-    encode = encode_precision(params)
-    retriever = Retriever.load(
-        params.paths.index_dir,
-        Fusion.from_params(params.retrieval),
-        base=params.project_dir,
-        precision=encode,
-    )
-    missing = {d.id for d in chosen} - {doc["id"] for doc in retriever.docs}
-    if missing:
-        raise InputError(
-            f"{len(missing)} sampled docs are not in the base index (e.g. {sorted(missing)[:3]}):"
-            " the index is older than the KB; rerun the index stage"
-        )
-
-    def ranks_of(questions: list[str], source_ids: list[str]) -> list[int | None]:
-        return round_trip_ranks(retriever, questions, source_ids, synth.round_trip_k)
-
-    kept, rejected = filter_questions(chosen, generated, ranks_of, synth.round_trip_k, forbidden)
-    reasons: dict[str, int] = {}
-    for row in rejected:
-        reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
-    metrics = {
-        "docs_sampled": len(chosen),
-        "docs_excluded_as_evaluation_gold": len(excluded),
-        "kept": len(kept),
-        "kept_share": round(len(kept) / len(chosen), 4) if chosen else 0.0,
-        "rejected": reasons,
-        "generation_seconds": round(seconds, 1),
-        "seconds_per_question": round(seconds / len(chosen), 3) if chosen else 0.0,
-    }
-    write_outputs(params.paths, kept, rejected, metrics)
     with stage_run("synthesize_queries", params) as run:
+        torch.manual_seed(synth.seed)
+        torch.set_num_threads(synth.threads or os.cpu_count() or 1)
+        docs = read_docs(params.paths.retrieval_docs)
+        qa_splits = read_qa_splits(params.paths.retrieval_qa_dir)
+        excluded = evaluation_gold_docs(qa_splits)
+        forbidden = {
+            normalize_question(r.question) for s in EVALUATION_SPLITS for r in qa_splits[s]
+        }
+        chosen = sample_docs(docs, excluded, synth.n_docs, synth.seed)
+
+        generated, generation, generate = questions_for_docs(params, chosen, "synthesize_queries")
+        seconds = generation.seconds
+
+        encode = encode_precision(params)
+        retriever = Retriever.load(
+            params.paths.index_dir,
+            Fusion.from_params(params.retrieval),
+            base=params.project_dir,
+            precision=encode,
+        )
+        missing = {d.id for d in chosen} - {doc["id"] for doc in retriever.docs}
+        if missing:
+            raise InputError(
+                f"{len(missing)} sampled docs are not in the base index "
+                f"(e.g. {sorted(missing)[:3]}): the index is older than the KB; "
+                "rerun the index stage"
+            )
+
+        def ranks_of(questions: list[str], source_ids: list[str]) -> list[int | None]:
+            return round_trip_ranks(retriever, questions, source_ids, synth.round_trip_k)
+
+        kept, rejected = filter_questions(
+            chosen, generated, ranks_of, synth.round_trip_k, forbidden
+        )
+        reasons: dict[str, int] = {}
+        for row in rejected:
+            reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
+        metrics = {
+            "docs_sampled": len(chosen),
+            "docs_excluded_as_evaluation_gold": len(excluded),
+            "kept": len(kept),
+            "kept_share": round(len(kept) / len(chosen), 4) if chosen else 0.0,
+            "rejected": reasons,
+            "generation_seconds": round(seconds, 1),
+            "seconds_per_question": round(seconds / len(chosen), 3) if chosen else 0.0,
+        }
+        write_outputs(params.paths, kept, rejected, metrics)
         run.log_metrics(metrics)
         run.log_metrics(
             {"generation_cache": {"hits": generation.cached, "misses": generation.generated}}

@@ -132,46 +132,49 @@ def main(
     params = load_params(params_file)
     tune = params.tune_retrieval
     index_dir = index if index is not None else params.paths.index_dir
-    precision = encode_precision(params)
-    retriever = Retriever.load(
-        index_dir,
-        Fusion.from_params(params.retrieval),
-        base=params.project_dir,
-        precision=precision,
-    )
-    records = read_qa(params.paths.retrieval_qa_dir / f"{tune.split}.jsonl")
-    questions = [r.question for r in records]
-    doc_ids = [doc["id"] for doc in retriever.docs]
-    depth = params.retrieval.candidates
-    dense, sparse = retriever.dense(questions, depth), retriever.bm25(questions, depth)
-
-    picked = select_fusion(records, doc_ids, dense, sparse, tune, depth)
-    rows, best_fusion, gain, kept = picked.rows, picked.best, picked.gain, picked.kept
-    fusion, score, alone = vars(picked.chosen), picked.score, picked.alone
-    out_dir = out if out is not None else params.paths.tune_retrieval_dir
-    with (
-        stage_run(run_name("tune_retrieval", out), params) as run,
-        atomic_path(out_dir) as tmp,
-    ):
-        run.log_metrics({"chosen": fusion, tune.metric: score, "alone": alone, "best_gain": gain})
-        run.set_tags({"precision.encode": precision})
-        write_json(
-            tmp / FUSION_FILE,
-            {
-                "fusion": fusion,
-                "chosen_on": {
-                    "split": tune.split,
-                    "questions": len(records),
-                    "metric": tune.metric,
-                },
-                "score": score,
-                "alone": alone,
-                "best_in_grid": {"fusion": vars(best_fusion), "gain_over_dense": gain},
-                "kept_fusion": kept,
-                "index": {"encoder": retriever.manifest["encoder"], "kb": retriever.manifest["kb"]},
-            },
+    with stage_run(run_name("tune_retrieval", out), params) as run:
+        precision = encode_precision(params)
+        retriever = Retriever.load(
+            index_dir,
+            Fusion.from_params(params.retrieval),
+            base=params.project_dir,
+            precision=precision,
         )
-        write_json(tmp / GRID_FILE, rows)
+        records = read_qa(params.paths.retrieval_qa_dir / f"{tune.split}.jsonl")
+        questions = [r.question for r in records]
+        doc_ids = [doc["id"] for doc in retriever.docs]
+        depth = params.retrieval.candidates
+        dense, sparse = retriever.dense(questions, depth), retriever.bm25(questions, depth)
+
+        picked = select_fusion(records, doc_ids, dense, sparse, tune, depth)
+        rows, best_fusion, gain, kept = picked.rows, picked.best, picked.gain, picked.kept
+        fusion, score, alone = vars(picked.chosen), picked.score, picked.alone
+        out_dir = out if out is not None else params.paths.tune_retrieval_dir
+        with atomic_path(out_dir) as tmp:
+            run.log_metrics(
+                {"chosen": fusion, tune.metric: score, "alone": alone, "best_gain": gain}
+            )
+            run.set_tags({"precision.encode": precision})
+            write_json(
+                tmp / FUSION_FILE,
+                {
+                    "fusion": fusion,
+                    "chosen_on": {
+                        "split": tune.split,
+                        "questions": len(records),
+                        "metric": tune.metric,
+                    },
+                    "score": score,
+                    "alone": alone,
+                    "best_in_grid": {"fusion": vars(best_fusion), "gain_over_dense": gain},
+                    "kept_fusion": kept,
+                    "index": {
+                        "encoder": retriever.manifest["encoder"],
+                        "kb": retriever.manifest["kb"],
+                    },
+                },
+            )
+            write_json(tmp / GRID_FILE, rows)
 
     print(
         f"tune_retrieval: {tune.metric} on {tune.split} ({len(records)} questions, "

@@ -1,8 +1,14 @@
 """MLflow tracking shared by every stage and flow: where runs go, and one run per stage.
 
-A pipeline run is one MLflow parent run (opened by the Prefect flow) with one nested run per
-stage. Stages run as `dvc repro` subprocesses, so the parent's id reaches them through the
-environment (`RAGLOOP_PARENT_RUN_ID`); a stage run alone under `dvc repro` opens a run of its own.
+A pipeline run is one MLflow parent run with one nested run per stage. Stages run as `dvc repro`
+subprocesses. Under the Prefect flow the parent is the flow's, and its id reaches them through
+the environment (`RAGLOOP_PARENT_RUN_ID`); under a plain `dvc repro` (or `dvc exp run`) the first
+stage creates the parent, tagged with that dvc process's id, and the next stages find it by the
+tag (`dvc_parent`). A stage run outside dvc (`python -m tasks.<stage>`) stands alone.
+
+A stage opens its run when it starts, so the run's duration is the stage's and a crash leaves
+a FAILED run. Its metrics are the headline numbers (`headline`): an interval's mean and no
+paired differences; everything it logged, nested, is the run's `metrics.json` artifact.
 
 Every entry to the store (`ensure_experiment`) first checks it in seconds (`store_health`): a
 server that does not answer or a damaged sqlite file fails there, before any work, and
@@ -10,7 +16,7 @@ server that does not answer or a damaged sqlite file fails there, before any wor
 
 Every stage run logs `stage_seconds`, the stage process's wall time from its start (the
 interpreter and every import included) to the run's end, which is the stage's end, whether it
-succeeded or failed: the run is the last thing a stage closes, however late it opened it.
+succeeded or failed; the run's start time is the process's start too.
 
 mlflow is imported inside the functions, never at module level: importing it and opening its
 store are slow, and a stage with `tracking.enabled: false` should not pay for either.
@@ -25,7 +31,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,11 @@ from tasks.lib.core.store_health import StoreUnavailable, bound_http_client, sto
 PARENT_RUN_ENV = "RAGLOOP_PARENT_RUN_ID"
 STAGE_SECONDS = "stage_seconds"  # the metric every stage run logs (see the module docstring)
 SERVER_SCHEMES = ("http://", "https://", "databricks")
+DVC_PROCESS_TAG = "dvc_process"  # "<pid>:<start time>" of the `dvc repro` a parent run spans
+METRICS_ARTIFACT = "metrics.json"  # every metric a stage logged, nested, beside the headline
+# MLflow 3 opens an experiment on its GenAI traces page unless it is tagged as ML work.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def tracking_uri(params: Params) -> str:
@@ -85,16 +96,18 @@ def ensure_experiment(params: Params) -> str:
     uri = open_store(params)
     name = params.tracking.experiment
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return mlflow.create_experiment(name, artifact_location=artifact_location(params, uri))
-    except MlflowException:
-        # Another process created it between our lookup and our create.
+    if experiment is None:
+        # Another process may create it between our lookup and our create.
+        with contextlib.suppress(MlflowException):
+            mlflow.create_experiment(name, artifact_location=artifact_location(params, uri))
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
-            raise
-        return experiment.experiment_id
+            raise MlflowException(f"experiment {name!r} could not be created")
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # a store made before
+        mlflow.MlflowClient().set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+        )
+    return experiment.experiment_id
 
 
 def logging_experiment(params: Params, who: str) -> str | None:
@@ -213,21 +226,63 @@ def numeric_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, f
     }
 
 
+PAIRED = " - "  # in a system's name: a paired difference of two systems ("tuned_rag - base_rag")
+
+
+def headline(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The flattened metrics worth a column in the MLflow UI: an interval (`x.mean`, `x.low`,
+    `x.high`) becomes its mean under `x`, paired differences are dropped. Other keys stay,
+    the gate's `gate.<metric>.diff/low/high` included (no `.mean` beside them)."""
+    kept: dict[str, float] = {}
+    for key, value in metrics.items():
+        if any(PAIRED in part for part in key.split(".")):
+            continue
+        base, _, end = key.rpartition(".")
+        interval = base and all(f"{base}.{k}" in metrics for k in ("mean", "low", "high"))
+        if interval and end in ("low", "high"):
+            continue
+        kept[base if interval and end == "mean" else key] = value
+    return kept
+
+
+def merge(into: dict[str, Any], values: Mapping[str, Any]) -> None:
+    """Deep-merge `values` into `into`: two calls logging `a.b` and `a.c` keep both."""
+    for key, value in values.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = json.loads(json.dumps(value, default=str))
+
+
 @dataclass(frozen=True)
 class StageRun:
     """The MLflow run of one stage; every method is a no-op when tracking is disabled."""
 
     run_id: str | None
+    # Everything `log_metrics` was given, nested: the run's `metrics.json` artifact.
+    logged: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def log_metrics(
         self, metrics: Mapping[str, Any], prefix: str = "", step: int | None = None
     ) -> None:
-        """Log the numeric leaves of a (nested) metrics dict; strings and lists are skipped."""
+        """Log the headline numeric leaves of a (nested) metrics dict (strings and lists are
+        skipped), and the whole dict, merged with earlier calls, as the `metrics.json`
+        artifact. A stepped series (a training curve) is logged whole, as metrics only."""
         if self.run_id is None:
             return
         import mlflow
 
-        mlflow.log_metrics(numeric_metrics(metrics, prefix), step=step, run_id=self.run_id)
+        values = numeric_metrics(metrics, prefix)
+        if step is not None:
+            mlflow.log_metrics(values, step=step, run_id=self.run_id)
+            return
+        shown = headline(values)
+        mlflow.log_metrics(shown, run_id=self.run_id)
+        nested: dict[str, Any] = dict(metrics)
+        for part in reversed([p for p in prefix.split(".") if p]):
+            nested = {part: nested}
+        merge(self.logged, nested)
+        mlflow.log_dict(self.logged, METRICS_ARTIFACT, run_id=self.run_id)
 
     def log_params(self, values: Mapping[str, Any]) -> None:
         """Params beside the stage's section, such as what a setting resolved to on this machine
@@ -273,9 +328,68 @@ def process_seconds() -> float:
     return time.time() - psutil.Process().create_time()
 
 
+def millis(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
 def run_name(stage: str, out: Path | None) -> str:
     """A stage run a second time on other outputs (e.g. the tuned-encoder index) names them."""
     return stage if out is None else f"{stage}[{out.name}]"
+
+
+def dvc_ancestor() -> psutil.Process | None:
+    """The `dvc repro` / `dvc exp run` process this one runs under (dvc starts a stage through
+    a shell), or None."""
+    for process in psutil.Process().parents():
+        try:
+            words = process.cmdline()
+        except psutil.Error:  # a parent that ended or that we may not read
+            continue
+        if "dvc" in {Path(word).name for word in words} and {"repro", "exp"} & set(words):
+            return process
+    return None
+
+
+def dvc_parent(params: Params, experiment_id: str) -> str | None:
+    """The parent run of the `dvc repro` this stage runs under, created by its first stage; None
+    outside dvc. Found by the tag holding the dvc process's pid and start time (a pid alone is
+    reused): stages of one `dvc repro` run one after the other, so no two create it."""
+    dvc = dvc_ancestor()
+    if dvc is None:
+        return None
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    started = dvc.create_time()
+    key = f"{dvc.pid}:{started}"
+    found = client.search_runs([experiment_id], f"tags.{DVC_PROCESS_TAG} = '{key}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    command = "dvc exp run" if "exp" in dvc.cmdline() else "dvc repro"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+    # The lock hash is left out: the stages change dvc.lock, and no stage sees its end state.
+    tags = {k: v for k, v in run_tags(params).items() if k != "dvc_lock_hash"}
+    parent = client.create_run(
+        experiment_id,
+        start_time=millis(started),
+        tags=tags | {"stage": "pipeline", DVC_PROCESS_TAG: key},
+        run_name=f"{command} {when}",
+    )
+    return parent.info.run_id
+
+
+def set_dvc_parent_state(parent_id: str, running: bool, failed: bool) -> None:
+    """RUNNING while a stage runs; then FINISHED ending at this stage's end, or FAILED for good
+    once a stage failed (`dvc repro --keep-going` runs the others)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    if client.get_run(parent_id).info.status == "FAILED":
+        return
+    if running:
+        client.update_run(parent_id, status="RUNNING")
+    else:
+        client.set_terminated(parent_id, "FAILED" if failed else "FINISHED", millis(time.time()))
 
 
 @contextlib.contextmanager
@@ -283,11 +397,13 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
     """The MLflow run of `stage`: nested under the pipeline's parent run when there is one.
 
     Parent, in order: the run active in this process (a stage called from the flow itself),
-    then `RAGLOOP_PARENT_RUN_ID` (a stage that `dvc repro` started for the flow); else the run
-    stands alone. Logs the stage's params section and the input tags; the KB fingerprint is
-    tagged on exit, so it names the KB the stage produced or read, and `stage_seconds` logged
-    last, unless the run nests under another run of this process (whose start is not the
-    stage's). An exception marks the run FAILED and propagates. The store is checked before the
+    then `RAGLOOP_PARENT_RUN_ID` (a stage that `dvc repro` started for the flow), then the
+    parent run of the plain `dvc repro` running this stage (`dvc_parent`); else the run stands
+    alone. The run starts when this process started, unless it nests under another run of this
+    process (whose start is not the stage's); `stage_seconds` is logged last, under the same
+    condition. Logs the stage's params section and the input tags; the KB fingerprint is
+    tagged on exit, so it names the KB the stage produced or read. An exception marks the run
+    FAILED (and a plain `dvc repro`'s parent) and propagates. The store is checked before the
     stage does any work (see `logging_experiment`).
     """
     experiment_id = logging_experiment(params, stage)
@@ -295,31 +411,46 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
         yield StageRun(None)
         return
     import mlflow
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
     active = mlflow.active_run()
-    parent_id = None if active else os.environ.get(PARENT_RUN_ENV) or None
-    if parent_id:
+    parent_id, dvc_parent_id = None, None
+    if active is not None:
+        parent_id = active.info.run_id
+    elif os.environ.get(PARENT_RUN_ENV):
+        parent_id = os.environ[PARENT_RUN_ENV]
         experiment_id = mlflow.get_run(parent_id).info.experiment_id
+    else:
+        parent_id = dvc_parent_id = dvc_parent(params, experiment_id)
     tags = {"stage": stage} | run_tags(params)
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=stage,
-        nested=active is not None,
-        parent_run_id=parent_id,
-        tags=tags,
-    ) as run:
-        section = params.model_dump(mode="json", by_alias=True).get(stage)
-        if isinstance(section, Mapping):
-            mlflow.log_params(flatten(section, f"{stage}."))
-        print(f"{stage}: MLflow run {run.info.run_id} ({mlflow.get_tracking_uri()})")
-        try:
-            yield StageRun(run.info.run_id)
-        finally:
-            docs = params.paths.kb_docs
-            if docs.is_file():
-                mlflow.set_tag("kb_docs_sha256", kb_docs_digest(docs))
-            if active is None:
-                mlflow.log_metric(STAGE_SECONDS, process_seconds())
+    if parent_id:
+        tags[MLFLOW_PARENT_RUN_ID] = parent_id
+    start = None if active else millis(psutil.Process().create_time())
+    created = mlflow.MlflowClient().create_run(
+        experiment_id, start_time=start, tags=tags, run_name=stage
+    )
+    if dvc_parent_id:
+        set_dvc_parent_state(dvc_parent_id, running=True, failed=False)
+    failed = True
+    try:
+        with mlflow.start_run(run_id=created.info.run_id, nested=active is not None) as run:
+            name = stage.partition("[")[0]  # `index[tuned]` runs with the `index` section
+            section = params.model_dump(mode="json", by_alias=True).get(name)
+            if isinstance(section, Mapping):
+                mlflow.log_params(flatten(section, f"{name}."))
+            print(f"{stage}: MLflow run {run.info.run_id} ({mlflow.get_tracking_uri()})")
+            try:
+                yield StageRun(run.info.run_id)
+            finally:
+                docs = params.paths.kb_docs
+                if docs.is_file():
+                    mlflow.set_tag("kb_docs_sha256", kb_docs_digest(docs))
+                if active is None:
+                    mlflow.log_metric(STAGE_SECONDS, process_seconds())
+        failed = False
+    finally:
+        if dvc_parent_id:
+            set_dvc_parent_state(dvc_parent_id, running=False, failed=failed)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from tasks.lib.core.config import load_params
 from tasks.lib.core.io import run_stage
 from tasks.lib.core.store_health import bound_http_client, store_problem
 from tasks.lib.core.tracking import (
+    METRICS_ARTIFACT,
     PARENT_RUN_ENV,
     STAGE_SECONDS,
     ensure_experiment,
@@ -114,7 +115,7 @@ def test_stage_run_alone_logs_params_tags_metrics_artifacts(project: Path) -> No
     # Artifacts land beside the store, not in ./mlruns of the working directory.
     assert logged.info.artifact_uri.startswith((project.parent / "mlartifacts").resolve().as_uri())
     names = {a.path for a in project_mlflow_client(project).list_artifacts(run.run_id)}
-    assert names == {"report.json", "my_kb"}
+    assert names == {"report.json", "my_kb", METRICS_ARTIFACT}
 
 
 def test_stage_run_nests_under_parent_from_env_and_fails_loudly(project: Path) -> None:
