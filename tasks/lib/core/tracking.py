@@ -38,12 +38,12 @@ from typing import Any
 import psutil
 
 from tasks.lib.core.config import Params
+from tasks.lib.core.dvc_parent import dvc_parent, millis, set_dvc_parent_state
 from tasks.lib.core.store_health import StoreUnavailable, bound_http_client, store_problem
 
 PARENT_RUN_ENV = "RAGLOOP_PARENT_RUN_ID"
 STAGE_SECONDS = "stage_seconds"  # the metric every stage run logs (see the module docstring)
 SERVER_SCHEMES = ("http://", "https://", "databricks")
-DVC_PROCESS_TAG = "dvc_process"  # "<pid>:<start time>" of the `dvc repro` a parent run spans
 METRICS_ARTIFACT = "metrics.json"  # every metric a stage logged, nested, beside the headline
 # MLflow 3 opens an experiment on its GenAI traces page unless it is tagged as ML work.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -328,68 +328,9 @@ def process_seconds() -> float:
     return time.time() - psutil.Process().create_time()
 
 
-def millis(seconds: float) -> int:
-    return int(seconds * 1000)
-
-
 def run_name(stage: str, out: Path | None) -> str:
     """A stage run a second time on other outputs (e.g. the tuned-encoder index) names them."""
     return stage if out is None else f"{stage}[{out.name}]"
-
-
-def dvc_ancestor() -> psutil.Process | None:
-    """The `dvc repro` / `dvc exp run` process this one runs under (dvc starts a stage through
-    a shell), or None."""
-    for process in psutil.Process().parents():
-        try:
-            words = process.cmdline()
-        except psutil.Error:  # a parent that ended or that we may not read
-            continue
-        if "dvc" in {Path(word).name for word in words} and {"repro", "exp"} & set(words):
-            return process
-    return None
-
-
-def dvc_parent(params: Params, experiment_id: str) -> str | None:
-    """The parent run of the `dvc repro` this stage runs under, created by its first stage; None
-    outside dvc. Found by the tag holding the dvc process's pid and start time (a pid alone is
-    reused): stages of one `dvc repro` run one after the other, so no two create it."""
-    dvc = dvc_ancestor()
-    if dvc is None:
-        return None
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    started = dvc.create_time()
-    key = f"{dvc.pid}:{started}"
-    found = client.search_runs([experiment_id], f"tags.{DVC_PROCESS_TAG} = '{key}'", max_results=1)
-    if found:
-        return found[0].info.run_id
-    command = "dvc exp run" if "exp" in dvc.cmdline() else "dvc repro"
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
-    # The lock hash is left out: the stages change dvc.lock, and no stage sees its end state.
-    tags = {k: v for k, v in run_tags(params).items() if k != "dvc_lock_hash"}
-    parent = client.create_run(
-        experiment_id,
-        start_time=millis(started),
-        tags=tags | {"stage": "pipeline", DVC_PROCESS_TAG: key},
-        run_name=f"{command} {when}",
-    )
-    return parent.info.run_id
-
-
-def set_dvc_parent_state(parent_id: str, running: bool, failed: bool) -> None:
-    """RUNNING while a stage runs; then FINISHED ending at this stage's end, or FAILED for good
-    once a stage failed (`dvc repro --keep-going` runs the others)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    if client.get_run(parent_id).info.status == "FAILED":
-        return
-    if running:
-        client.update_run(parent_id, status="RUNNING")
-    else:
-        client.set_terminated(parent_id, "FAILED" if failed else "FINISHED", millis(time.time()))
 
 
 @contextlib.contextmanager
@@ -421,7 +362,9 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
         parent_id = os.environ[PARENT_RUN_ENV]
         experiment_id = mlflow.get_run(parent_id).info.experiment_id
     else:
-        parent_id = dvc_parent_id = dvc_parent(params, experiment_id)
+        # The lock hash is left out: the stages change dvc.lock, and no stage sees its end state.
+        parent_tags = {k: v for k, v in run_tags(params).items() if k != "dvc_lock_hash"}
+        parent_id = dvc_parent_id = dvc_parent(experiment_id, parent_tags)
     tags = {"stage": stage} | run_tags(params)
     if parent_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_id

@@ -16,8 +16,8 @@ from mlflow import MlflowClient
 
 from tasks import register
 from tasks.lib.core.config import load_params
+from tasks.lib.core.dvc_parent import DVC_PROCESS_TAG
 from tasks.lib.core.tracking import (
-    DVC_PROCESS_TAG,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     METRICS_ARTIFACT,
