@@ -249,9 +249,8 @@ def flow_main(target: Flow[[str], Any], module: str) -> None:
     )
     params_file = Path(parser.parse_args().params_file)
     with reported_failures(target.name):
-        load_project_params(
-            params_file, f"pass its path: python -m {module} PATH"
-        )  # before Prefect
+        # Checked before the flow starts a temporary Prefect API, which takes seconds.
+        load_project_params(params_file, f"pass its path: python -m {module} PATH")
         target(str(params_file))
 
 
