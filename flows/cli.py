@@ -12,6 +12,7 @@ import typer
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from prefect import Flow
 
     from tasks.lib.core.config import Params
 
@@ -21,8 +22,25 @@ app = typer.Typer(
 )
 
 
+def _version(shown: bool) -> None:
+    """`--version`: the installed distribution's version, then exit."""
+    if not shown:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        typer.echo(f"ragloop {version('ragloop')}")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        typer.echo("ragloop (not installed: pip install . for a version)")
+    raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
     """ragloop: keep a RAG system fine-tuned as its knowledge base changes."""
 
 
@@ -45,10 +63,10 @@ def _user_errors() -> Iterator[None]:
 
 def _load(params_file: Path) -> Params:
     """The project's params, or a clear error and exit 1."""
-    from tasks.lib.core.config import load_params
+    from tasks.lib.core.config import load_project_params
 
     with _user_errors():
-        return load_params(params_file)
+        return load_project_params(params_file, "pass --params PATH")
 
 
 def _actor() -> str:
@@ -231,6 +249,46 @@ def ask(
         typer.echo(f"  [{rank}] {title} ({doc_id})")
 
 
+def _run_flow(target: Flow, params: Path) -> None:
+    """Run a flow once in this process (Prefect's temporary local API unless PREFECT_API_URL
+    names a server); its failure is one `error:` line like any command's."""
+    _load(params)  # a bad params file fails here, before Prefect starts
+    with _user_errors():
+        target(str(params.resolve()))
+
+
+@app.command()
+def run(params: Path = PARAMS_OPTION) -> None:
+    """Run the whole pipeline once through the retrain flow: every DVC stage as a Prefect task
+    (DVC skips what is unchanged), then the gate; records the KB the watcher compares with."""
+    from flows.retrain import retrain as retrain_flow
+
+    _run_flow(retrain_flow, params)
+
+
+app.command(
+    "retrain", help="The same as `run`, under the retrain flow's name (`schedule` serves it)."
+)(run)
+
+
+@app.command()
+def refresh(params: Path = PARAMS_OPTION) -> None:
+    """Serve a changed KB without retraining: the champion's models re-index it, and the
+    refresh gate promotes the refreshed bundle or keeps the champion."""
+    from flows.refresh import refresh as refresh_flow
+
+    _run_flow(refresh_flow, params)
+
+
+@app.command()
+def watch(params: Path = PARAMS_OPTION) -> None:
+    """One KB watcher check: nothing if the KB source is unchanged since the last successful
+    run, else the refresh flow (only docs changed) or the retrain flow."""
+    from flows.watch import watch as watch_flow
+
+    _run_flow(watch_flow, params)
+
+
 @app.command()
 def schedule(
     cron: str = typer.Option(..., help='cron expression, e.g. "0 3 * * *" (daily at 03:00)'),
@@ -244,6 +302,8 @@ def schedule(
     """Serve the retrain flow (or the KB watcher, which starts the refresh flow on a KB change)
     on a cron schedule; needs a Prefect server."""
     from prefect.settings import PREFECT_API_URL
+
+    _load(params)
 
     if not PREFECT_API_URL.value():
         typer.echo(
@@ -298,22 +358,27 @@ def search(
             f"must be one of {', '.join(RETRIEVAL_MODES)}", param_hint="--mode"
         )
     settings = _load(params)
+    dense = mode != "bm25"  # BM25 alone needs no encoder: none is downloaded or loaded
     with _user_errors(), tempfile.TemporaryDirectory(prefix="ragloop-search.") as tmp:
         served = None
         if index is None and settings.tracking.enabled:
             client = registry_client(settings)
-            served = champion_retriever(client, settings.register_.judged, Path(tmp))
+            served = champion_retriever(client, settings.register_.judged, Path(tmp), dense)
         if served is not None:
             version, retriever = served
             fusion, fusion_source = retriever.fusion, f"champion v{version}"
         else:
             fusion, fusion_source = load_fusion(settings)
             folder = index or settings.paths.index_dir
+            if index is None:
+                why = "no champion yet" if settings.tracking.enabled else "tracking is off"
+                _notes([f"{why}: searching the base index {folder}"])
             retriever = Retriever.load(
                 folder,
                 fusion,
                 base=settings.project_dir,
                 precision=encode_precision(settings),
+                dense=dense,
             )
         hits = retriever.search(query, k=k, mode=mode)  # type: ignore[arg-type]
     table = Table("#", "title", "score", "snippet", title=f"{mode}: {query}")

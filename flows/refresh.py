@@ -13,13 +13,11 @@ to refresh" marker and the gate does nothing.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from prefect import flow
 
-from flows.retrain import run_pipeline
-from tasks.lib.core.io import run_stage
+from flows.retrain import flow_main, run_pipeline
 
 TARGET = "refresh_register"  # the refresh gate: the flow runs what it needs
 
@@ -33,4 +31,4 @@ def refresh(params_file: str = "params.yaml") -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    run_stage(lambda: refresh(sys.argv[1] if len(sys.argv) > 1 else "params.yaml"))
+    flow_main(refresh, "flows.refresh")

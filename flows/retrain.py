@@ -13,6 +13,7 @@ Prefect flow-run id, the Prefect run carries the MLflow run id as a tag and a li
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -23,16 +24,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import Flow, flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
 
-from flows.kb_state import record_consumed_fingerprint, source_fingerprint
-from tasks.lib.core.config import Params, load_params
-from tasks.lib.core.io import run_stage, user_error_reported
+from tasks.lib.core.config import Params, load_params, load_project_params
+from tasks.lib.core.io import reported_failures, user_error_reported
 from tasks.lib.core.skipped import skipped_reason
 from tasks.lib.core.tracking import pipeline_run, run_url, tracking_uri
+from tasks.lib.kb.source_state import record_consumed_fingerprint, source_fingerprint
 
 GATE_STAGE = "register"
 OUTPUT_TAIL = 40  # lines of a failed stage's output quoted in the error
@@ -238,5 +239,20 @@ def retrain(params_file: str = "params.yaml") -> dict[str, Any]:
     )
 
 
+def flow_main(target: Flow[[str], Any], module: str) -> None:
+    """`python -m <module> [PARAMS]`: run the flow once on a params file; `--help` prints usage
+    (a bare argv read would take it for the params path)."""
+    summary = " ".join((target.description or "").split("\n\n")[0].split())
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=summary)
+    parser.add_argument(
+        "params_file", nargs="?", default="params.yaml", help="the project's params.yaml"
+    )
+    params_file = Path(parser.parse_args().params_file)
+    with reported_failures(target.name):
+        # Checked before the flow starts a temporary Prefect API, which takes seconds.
+        load_project_params(params_file, f"pass its path: python -m {module} PATH")
+        target(str(params_file))
+
+
 if __name__ == "__main__":
-    run_stage(lambda: retrain(sys.argv[1] if len(sys.argv) > 1 else "params.yaml"))
+    flow_main(retrain, "flows.retrain")

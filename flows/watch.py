@@ -12,18 +12,20 @@ champion yet there is nothing to refresh, so any change starts `retrain`, which 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
-from flows.kb_state import SourceFingerprint, last_consumed_fingerprint, source_fingerprint
 from flows.refresh import refresh
-from flows.retrain import retrain
+from flows.retrain import flow_main, retrain
 from tasks.lib.core.config import Params, load_params
-from tasks.lib.core.io import run_stage
+from tasks.lib.kb.source_state import (
+    SourceFingerprint,
+    last_consumed_fingerprint,
+    source_fingerprint,
+)
 
 
 def has_champion(params: Params) -> bool:
@@ -72,4 +74,4 @@ def watch(params_file: str = "params.yaml") -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    run_stage(lambda: watch(sys.argv[1] if len(sys.argv) > 1 else "params.yaml"))
+    flow_main(watch, "flows.watch")

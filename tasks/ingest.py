@@ -7,7 +7,9 @@ The sources are read by `tasks.lib.kb.sources`, with the updates folder's added,
 deleted docs applied; this stage marks which questions are answerable from their gold passages
 and splits them by group into train / dev / test. The paths of the source folders it did not read
 (hidden, ignored, other suffixes, links out of the folder) are printed and listed with the reason
-in `paths.ingest_skipped`: a doc missing from the KB is explained there.
+in `paths.ingest_skipped`: a doc missing from the KB is explained there. It also notes the
+fingerprint of the source it read, which `register` records for the KB watcher when the
+pipeline succeeds (`tasks.lib.kb.source_state`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tasks.lib.core.io import InputError, atomic_path, run_stage, write_jsonl
 from tasks.lib.core.records import SPLITS, Doc, QARecord
 from tasks.lib.core.tracking import stage_run
 from tasks.lib.kb.folder import SkippedByFolder, skip_metrics, skip_summary
+from tasks.lib.kb.source_state import record_ingested_fingerprint, source_fingerprint
 from tasks.lib.kb.sources import CONVERT_DOCS, CONVERT_QA, KbEdits, load_sources
 
 
@@ -75,10 +78,13 @@ def check_evaluation_splits(splits: dict[str, list[QARecord]], params: IngestPar
 def main(params_file: Path = Path("params.yaml")) -> None:
     params = load_params(params_file)
     with stage_run("ingest", params) as run:
+        # Taken before reading: a file edited meanwhile then still differs from it.
+        fingerprint = source_fingerprint(params.ingest)
         docs, records, edits, skipped = load_sources(params.ingest)
         splits = split_by_group(mark_answerable(records, docs), params.ingest.split)
         check_evaluation_splits(splits, params.ingest)
         write_outputs(params, docs, splits, edits, skipped)
+        record_ingested_fingerprint(params.project_dir, fingerprint)
         run.log_artifact(params.paths.ingest_skipped)
         run.log_metrics(
             {"docs": len(docs)}

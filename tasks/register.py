@@ -19,7 +19,9 @@ tags) and on the new versions, whose page in the registry shows their descriptio
 (`gate.decision`, `gate.summary`, `metric.<name>`, `gate.<metric>.diff/low/high`).
 
 Under DVC this stage runs only when a model or the evaluation changed, so an unchanged
-pipeline never registers duplicate versions.
+pipeline never registers duplicate versions. As the pipeline's last stage, in default mode it
+records the KB source ingest read as consumed, so the KB watcher sees no change after a plain
+`dvc repro` (`tasks.lib.kb.source_state`).
 
     python -m tasks.register [--refresh --bundle DIR] [--evaluation DIR] [--decision FILE]
 """
@@ -35,6 +37,7 @@ from tasks.lib.core.config import Params, load_params
 from tasks.lib.core.io import InputError, atomic_path, read_text, run_stage, write_json
 from tasks.lib.core.skipped import skipped_reason, write_skipped_file
 from tasks.lib.core.tracking import file_digest, numeric_metrics, run_name, stage_run
+from tasks.lib.kb.source_state import consume_ingested_fingerprint
 from tasks.lib.serving.bundle import is_bundle, pin_components, pinned_components
 from tasks.lib.serving.promotion import Decision, model_gate, refresh_gate, refusal
 from tasks.lib.serving.registry import (
@@ -327,6 +330,9 @@ def main(
         print(f"register: {reason}")
     verdict = "promoted to champion" if decision.promote else "not promoted"
     print(f"register: {reg.judged} v{version} {verdict} ({decision.rule} rule)")
+    # Not as refresh_register: it runs before the training stages, which may still fail.
+    if not refresh:
+        consume_ingested_fingerprint(params.project_dir)
 
 
 if __name__ == "__main__":

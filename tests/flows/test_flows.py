@@ -23,11 +23,11 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from flows.kb_state import STATE_FILE, SourceFingerprint, source_fingerprint
 from flows.retrain import pipeline_stages
 from flows.watch import choose_flow, watch
 from tasks.lib.core.config import load_params
 from tasks.lib.core.tracking import ensure_experiment
+from tasks.lib.kb.source_state import STATE_FILE, SourceFingerprint, source_fingerprint
 from tasks.lib.serving.registry import promote, register_folder, registry_client
 from tests.support.projects import REPO, make_project, project_mlflow_client, write_jsonl
 

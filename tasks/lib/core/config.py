@@ -594,3 +594,14 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
             fix = f": {_UNQUOTED[e['type']]}" if quoted else ""
             problems.append(f"  {key}: {e['msg']} (got {e.get('input')!r}){fix}")
         raise InputError(f"{path}: invalid params\n" + "\n".join(problems)) from err
+
+
+def load_project_params(path: Path, how_to_pass: str) -> Params:
+    """`load_params` for a command a user types (`how_to_pass`: how it takes another params
+    file): no params.yaml where it defaults to one most likely means it ran outside the project
+    folder, and the error says so."""
+    if path == Path("params.yaml") and not path.is_file():
+        raise InputError(
+            f"no params.yaml in {Path.cwd()}; run inside the project folder or {how_to_pass}"
+        )
+    return load_params(path)

@@ -14,7 +14,8 @@ An index can never be searched with an encoder other than the one that built it:
 compares the encoder's fingerprint with the manifest's and refuses a mismatch. Queries are
 embedded in the format the caller resolved (`precision.encode`, or a bundle's own setting),
 which may differ from the one the docs were embedded in (the manifest's `precision`): the
-formats' vectors are close enough to share an index.
+formats' vectors are close enough to share an index. Loaded with `dense=False` it searches
+BM25 only and loads neither the encoder nor the vectors (`ragloop search --mode bm25`).
 """
 
 from __future__ import annotations
@@ -135,8 +136,8 @@ def load_fusion(params: Params) -> tuple[Fusion, str]:
 class Retriever:
     def __init__(
         self,
-        embedder: Embedder,
-        dense_index: faiss.Index,
+        embedder: Embedder | None,
+        dense_index: faiss.Index | None,
         bm25_index: bm25s.BM25,
         docs: list[dict[str, str]],
         manifest: dict[str, Any],
@@ -158,16 +159,22 @@ class Retriever:
         base: Path = Path(),
         *,
         precision: Precision,
+        dense: bool = True,
     ) -> Retriever:
         """Open `index_dir` with `encoder` (a model, or a name/path resolved against `base`;
         default: the manifest's encoder id), embedding queries in `precision`. Raises
-        EncoderMismatchError if its fingerprint is not the manifest's."""
+        EncoderMismatchError if its fingerprint is not the manifest's. `dense=False`: BM25
+        only, no encoder loaded (nor checked)."""
         manifest_path = index_dir / MANIFEST_FILE
         if not manifest_path.exists():
             raise InputError(
                 f"{index_dir}: not an index folder (no {MANIFEST_FILE}); run the index stage"
             )
         manifest = json.loads(read_text(manifest_path))
+        bm25_index = bm25s.BM25.load(str(index_dir / BM25_DIR))
+        docs = [doc for _, doc in json_lines(index_dir / DOCS_FILE)]
+        if not dense:
+            return cls(None, None, bm25_index, docs, manifest, fusion)
         pinned = manifest["encoder"]
         if encoder is None:
             encoder = pinned["id"]
@@ -184,8 +191,6 @@ class Retriever:
             )
         dense_index = faiss.read_index(str(index_dir / FAISS_FILE))
         apply_search_params(dense_index, FaissParams.model_validate(manifest["faiss"]))
-        bm25_index = bm25s.BM25.load(str(index_dir / BM25_DIR))
-        docs = [doc for _, doc in json_lines(index_dir / DOCS_FILE)]
         return cls(embedder, dense_index, bm25_index, docs, manifest, fusion)
 
     @classmethod
@@ -208,6 +213,8 @@ class Retriever:
 
     def dense(self, queries: list[str], depth: int) -> list[Ranking]:
         """Top `depth` rows by cosine similarity to each query (query embedding included)."""
+        if self.embedder is None or self.dense_index is None:
+            raise ValueError("this retriever was loaded for BM25 only (dense=False)")
         with one_thread(active=len(queries) <= FEW_QUERIES):
             vectors = np.ascontiguousarray(self.embedder.queries(queries))
             faiss.normalize_L2(vectors)

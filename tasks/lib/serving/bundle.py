@@ -132,19 +132,22 @@ def component_folder(spec: dict[str, str]) -> Iterator[Path]:
     yield folder
 
 
-def bundle_retriever(index_dir: Path, fusion_file: Path, spec: dict[str, Any]) -> Retriever:
+def bundle_retriever(
+    index_dir: Path, fusion_file: Path, spec: dict[str, Any], dense: bool = True
+) -> Retriever:
     """The bundle's retriever: its index and fusion with the encoder its components `spec`
     names (loading raises EncoderMismatchError unless that is the encoder that built the
-    index), embedding queries in the format the spec's setting resolves to here."""
-    precision = BundlePrecision.model_validate(spec.get("precision", {}))
+    index), embedding queries in the format the spec's setting resolves to here. `dense=False`:
+    BM25 only, the encoder not even downloaded."""
+    precision = resolve_precision(
+        BundlePrecision.model_validate(spec.get("precision", {})).encode, "encode"
+    )
+    fusion = Fusion.from_file(fusion_file)
+    if not dense:
+        return Retriever.load(index_dir, fusion, precision=precision, dense=False)
     with component_folder(spec["retriever"]) as folder:
         encoder = load_encoder(str(folder), Path())
-    return Retriever.load(
-        index_dir,
-        Fusion.from_file(fusion_file),
-        encoder=encoder,
-        precision=resolve_precision(precision.encode, "encode"),
-    )
+    return Retriever.load(index_dir, fusion, encoder=encoder, precision=precision)
 
 
 def questions_of(model_input: Any) -> list[str]:

@@ -51,16 +51,19 @@ def bundle_artifact(
     return verified_download(client, model, version, dst, relative)
 
 
-def champion_retriever(client: MlflowClient, model: str, dst: Path) -> tuple[str, Retriever] | None:
+def champion_retriever(
+    client: MlflowClient, model: str, dst: Path, dense: bool = True
+) -> tuple[str, Retriever] | None:
     """(version, retriever) of the champion bundle of `model`: what it searches as it serves,
-    without loading its generator; None when there is no champion."""
+    without loading its generator (nor, `dense=False`, its encoder); None when there is no
+    champion."""
     version = aliases(client, model).get(CHAMPION)
     if version is None:
         return None
     spec = json.loads(read_text(bundle_artifact(client, model, version, COMPONENTS, dst)))
     index_dir = bundle_artifact(client, model, version, INDEX, dst)
     fusion_file = bundle_artifact(client, model, version, FUSION, dst)
-    return version, bundle_retriever(index_dir, fusion_file, spec)
+    return version, bundle_retriever(index_dir, fusion_file, spec, dense)
 
 
 def champion_state(client: MlflowClient, model: str) -> ChampionState | None:

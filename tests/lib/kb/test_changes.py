@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from flows.kb_state import source_fingerprint
 from tasks import ingest
 from tasks.lib.core.config import load_params
 from tasks.lib.core.io import InputError, write_json
@@ -24,6 +23,7 @@ from tasks.lib.kb.changes import (
     read_change_set,
 )
 from tasks.lib.kb.questions import title_question
+from tasks.lib.kb.source_state import source_fingerprint
 from tests.support.projects import make_project, qa_rows, write_jsonl
 
 CHAMPION = ChampionRef(

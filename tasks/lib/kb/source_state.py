@@ -3,10 +3,15 @@
 The source is what `ingest` reads, in two parts fingerprinted apart: the docs (the packaged
 summaries or the user's KB folder, and the updates folder with its deletions file) and the
 questions (the packaged FanOutQA file or the user's QA folder). They are taken before ingest
-runs, so the watcher can tell which part changed without running any stage: new docs can be
-served by a refresh, new questions change what the models learn from and are judged on. The
-recorded fingerprints live in one file in `.state/` of the project, written only when a flow
-succeeds: a failed run leaves the old ones, and the next check tries again.
+reads the files, so the watcher can tell which part changed without running any stage: new docs
+can be served by a refresh, new questions change what the models learn from and are judged on.
+
+The consumed fingerprints live in one file in `.state/` of the project, written only when a run
+succeeds: a failed run leaves the old ones, and the next check tries again. A flow writes them
+at its end; a plain `dvc repro` through two stages, since no stage may import a flow: `ingest`
+notes the fingerprint of the source it read (taken before reading, so an edit made while the
+pipeline runs is still seen as a change), and `register`, the pipeline's last stage, records
+that one as consumed once it succeeded.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from tasks.lib.kb.sources import (
 )
 
 STATE_FILE = Path(".state") / "kb_source_fingerprint.json"
+INGESTED_FILE = Path(".state") / "kb_source_ingested.json"  # what the last ingest read
 NamedFiles = list[tuple[str, Path]]
 
 
@@ -86,22 +92,17 @@ def source_fingerprint(params: IngestParams) -> SourceFingerprint:
     return SourceFingerprint(docs=files_digest(docs), qa=files_digest(qa))
 
 
-def last_consumed_fingerprint(project: Path) -> SourceFingerprint | None:
-    """The fingerprints the last success recorded; None when there is none, or only one of
-    the single fingerprint recorded before the parts were told apart (which part it covered
-    is unknown)."""
-    path = project / STATE_FILE
+def _recorded(path: Path) -> SourceFingerprint | None:
+    """The fingerprints in a state file; None when there is none, or only the single fingerprint
+    recorded before the parts were told apart (which part it covered is unknown)."""
     if not path.is_file():
         return None
     recorded = json.loads(path.read_text(encoding="utf-8"))["fingerprint"]
     return SourceFingerprint(**recorded) if isinstance(recorded, dict) else None
 
 
-def record_consumed_fingerprint(
-    project: Path, fingerprint: SourceFingerprint, flow_run_id: str | None
-) -> None:
-    """Remember the KB a successful retrain or refresh consumed (call only after it succeeded)."""
-    with atomic_path(project / STATE_FILE) as tmp:
+def _write(path: Path, fingerprint: SourceFingerprint, flow_run_id: str | None) -> None:
+    with atomic_path(path) as tmp:
         write_json(
             tmp,
             {
@@ -110,3 +111,29 @@ def record_consumed_fingerprint(
                 "flow_run_id": flow_run_id,
             },
         )
+
+
+def last_consumed_fingerprint(project: Path) -> SourceFingerprint | None:
+    """The fingerprints the last successful pipeline run recorded, if any."""
+    return _recorded(project / STATE_FILE)
+
+
+def record_consumed_fingerprint(
+    project: Path, fingerprint: SourceFingerprint, flow_run_id: str | None
+) -> None:
+    """Remember the KB a successful pipeline run consumed (call only after it succeeded)."""
+    _write(project / STATE_FILE, fingerprint, flow_run_id)
+
+
+def record_ingested_fingerprint(project: Path, fingerprint: SourceFingerprint) -> None:
+    """Note the KB source `ingest` read: its outputs, and all that follows, are of this one."""
+    _write(project / INGESTED_FILE, fingerprint, None)
+
+
+def consume_ingested_fingerprint(project: Path) -> SourceFingerprint | None:
+    """Record the source the last ingest read as consumed (call when the pipeline's last stage
+    succeeded); None when no ingest noted one (it ran before ingest noted fingerprints)."""
+    ingested = _recorded(project / INGESTED_FILE)
+    if ingested is not None:
+        record_consumed_fingerprint(project, ingested, None)
+    return ingested
