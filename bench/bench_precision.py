@@ -63,7 +63,12 @@ from tasks.lib.core.records import Doc, QARecord, qa_split_label, read_docs, rea
 from tasks.lib.core.report import interval_cell, markdown_table
 from tasks.lib.core.stats import paired_difference
 from tasks.lib.generation.data import generation_items, read_contexts
-from tasks.lib.generation.generator import GenerationItem, generate_answers, item_prompt
+from tasks.lib.generation.generator import (
+    Decoding,
+    GenerationItem,
+    generate_answers,
+    item_prompt,
+)
 from tasks.lib.generation.loader import load_generator
 from tasks.lib.generation.metrics import token_f1
 from tasks.lib.kb.questions import generator_task
@@ -273,9 +278,8 @@ def bench_generate(
     )
 
     def answer(fmt: Precision, chosen: Sequence[str]) -> list[str]:
-        with autocast(fmt):
-            batch, limit = evaluation.batch_size, generator.max_new_tokens
-            return generate_answers(model, tokenizer, chosen, batch, limit)
+        decoding = Decoding(generator.max_new_tokens, fmt)  # generate_answers runs the format
+        return generate_answers(model, tokenizer, chosen, evaluation.batch_size, decoding)
 
     per_question: Rates = {f: [] for f in formats}
 
