@@ -66,17 +66,21 @@ def profile(ref: str, keep: bool, targets: list[str]) -> dict[str, Any]:
     print(f"profile: {ref} ({commit[:10]}) in {project}", flush=True)
     starts: list[tuple[str, float]] = []
     t0 = time.monotonic()
-    with subprocess.Popen(
-        ["dvc", "repro", *targets],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    ) as proc:
+    with (
+        subprocess.Popen(
+            ["dvc", "repro", *targets],
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        ) as proc,
+        (scratch / "dvc_repro.log").open("w") as log,
+    ):
         assert proc.stdout is not None
         for line in proc.stdout:
+            log.write(line)  # what a user would have seen, kept with the clone (--keep)
             match = STAGE_LINE.match(line)
             if match:
                 starts.append((match.group(1), time.monotonic() - t0))
@@ -84,7 +88,10 @@ def profile(ref: str, keep: bool, targets: list[str]) -> dict[str, Any]:
         returncode = proc.wait()
     total = time.monotonic() - t0
     if returncode != 0:
-        sys.exit(f"error: dvc repro failed in {project} (exit {returncode}): rerun it there")
+        sys.exit(
+            f"error: dvc repro failed in {project} (exit {returncode}): its output is in "
+            f"{scratch / 'dvc_repro.log'}; fix the stage and rerun"
+        )
     ends = [start for _, start in starts[1:]] + [total]
     stages = {name: round(end - start, 1) for (name, start), end in zip(starts, ends, strict=True)}
     result = {
@@ -142,7 +149,9 @@ def main() -> None:
     group.add_argument("--baseline", type=Path, help="a profile JSON an earlier run wrote")
     group.add_argument("--baseline-ref", help="profile this ref first, in the same run")
     parser.add_argument("--out", type=Path, help="write this run's profile here (JSON)")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch clones")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the scratch clones (dvc_repro.log beside each)"
+    )
     parser.add_argument(
         "targets", nargs="*", help="stages to reproduce (with what they need); default all"
     )
