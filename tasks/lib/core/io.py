@@ -357,7 +357,7 @@ def entry_name(main: Callable[[], None]) -> str:
 VERBOSE_ENV = "RAGLOOP_VERBOSE"  # "1": the libraries' own bars, INFO lines and warnings too
 
 # Read by each library when it is imported: for what a stage imports later, and its subprocesses.
-_QUIET_ENV = {
+QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -395,7 +395,7 @@ def quiet_libraries() -> None:
     """Keep the libraries' loading bars ("Loading weights", "Writing model shards"), INFO lines
     and advisory warnings out of a stage's output, where they bury its own lines; their errors,
     and every line of the project, still show."""
-    for name, value in _QUIET_ENV.items():
+    for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)

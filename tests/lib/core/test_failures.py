@@ -146,7 +146,10 @@ def test_cli_outside_a_project_is_one_error_line(
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 1
-    assert result.stderr == "error: params.yaml: params file not found\n"
+    assert result.stderr == (
+        f"error: no params.yaml in {tmp_path}; run inside the project folder or pass "
+        "--params PATH\n"
+    )
 
 
 def test_cli_on_an_unreachable_server_is_one_error_line(

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-from tasks.lib.core.io import VERBOSE_ENV
+from tasks.lib.core.io import QUIET_ENV, VERBOSE_ENV
 from tasks.lib.core.progress import Progress, TrainingProgress, duration, show_training_progress
 
 REPO = Path(__file__).resolve().parents[3]
@@ -172,7 +172,8 @@ def test_library_noise_is_hidden_unless_verbose_and_errors_always_show(
     tmp_path: Path, verbose: bool
 ) -> None:
     (tmp_path / "probe.py").write_text(QUIET_PROBE, encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k != VERBOSE_ENV}
+    # Not this process's quieting either: a test before may have run a stage in-process.
+    env = {k: v for k, v in os.environ.items() if k != VERBOSE_ENV and k not in QUIET_ENV}
     env["PYTHONPATH"] = str(REPO)
     if verbose:
         env[VERBOSE_ENV] = "1"
