@@ -72,6 +72,7 @@ _INSIDE = {  # PathsParams entry -> the out folder of the stage that writes it
     "evaluate_scores": "evaluate_dir",
     "change_questions": "refresh_questions_dir",
     "deleted_docs": "refresh_questions_dir",
+    "feedback_export": "feedback_export_dir",
 }
 
 
@@ -132,6 +133,9 @@ class PathsParams(Section):
     refresh_bundle_dir: Path  # refresh_bundle -> new index + the champion's fusion and pins
     refresh_evaluate_dir: Path  # refresh_evaluate -> the refreshed bundle scored
     refresh_decision: Path  # refresh_register -> the refresh gate's decision
+    component_cache: Path  # registered components by (store, model, version); never a dvc out
+    feedback_export_dir: Path  # feedback_export -> train.jsonl, metrics.json
+    feedback_export: Path  # accepted feedback as QA records (in feedback_export_dir): kb_questions
 
     @field_validator(*_INSIDE, mode="after")
     @classmethod
@@ -517,6 +521,25 @@ class RefreshParams(Section):
     seed: int
 
 
+class ServeParams(Section):
+    """`ragloop serve`: where it listens, which alias it follows, what it accepts."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    alias: str = Field(min_length=1)
+    poll_seconds: float = Field(ge=0)  # 0: the alias is re-read only on POST /reload
+    max_question_chars: int = Field(ge=1)
+    snippet_chars: int = Field(ge=0)
+
+
+class FeedbackParams(Section):
+    """Where feedback on answers is stored, and when enough of it retrains."""
+
+    database: str = Field(min_length=1)  # SQLAlchemy URL; relative sqlite paths: the project's
+    max_text_chars: int = Field(ge=1)
+    retrain_threshold: int = Field(ge=1)
+
+
 class EvaluateParams(Section):
     split: Literal["dev", "test"]
     retrieval_metrics: list[str] = Field(min_length=1)  # ranx names, at most bundle.depth deep
@@ -548,6 +571,8 @@ class Params(Section):
     bundle: BundleParams
     evaluate: EvaluateParams
     refresh: RefreshParams
+    serve: ServeParams
+    feedback: FeedbackParams
 
     _project_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
