@@ -225,21 +225,19 @@ def ask(
     """Answer a question with the champion RAG bundle from the registry, citing its sources.
 
     A registered bundle is checked file by file against the sha256 manifest the registry holds,
-    and any bundle against running other code than ragloop's, before it is loaded."""
-    from tasks.lib.serving.bundle import load_bundle, load_registered_bundle
-    from tasks.lib.serving.registry import registry_client
+    and any bundle against running other code than ragloop's, before it is loaded. Registered
+    versions are downloaded once into paths.component_cache and reused by later calls."""
+    from tasks.lib.serving.bundle import load_bundle
+    from tasks.lib.serving.served import load_served_bundle
 
     settings = _load(params)
-    name = settings.register_.judged
-    with _user_errors(), tempfile.TemporaryDirectory(prefix="ragloop-ask.") as tmp:
+    with _user_errors():
         if bundle is not None:
             uri = str(bundle)
             model = load_bundle(bundle)
         else:
-            client = registry_client(settings)  # also points mlflow at the project's store
-            version = client.get_model_version_by_alias(name, alias).version
-            uri = f"models:/{name}/{version} (@{alias})"
-            model = load_registered_bundle(client, name, str(version), Path(tmp))
+            served = load_served_bundle(settings, alias)
+            uri, model = served.uri, served.pyfunc
         (result,) = model.predict([question])
     typer.echo(result["answer"])
     typer.echo(f"sources ({uri}):")
@@ -247,6 +245,43 @@ def ask(
         zip(result["sources"], result["source_titles"], strict=True), start=1
     ):
         typer.echo(f"  [{rank}] {title} ({doc_id})")
+
+
+@app.command()
+def serve(
+    alias: str = typer.Option(None, help="registry alias to follow [default: serve.alias]"),
+    host: str = typer.Option(None, help="address to listen on [default: serve.host]"),
+    port: int = typer.Option(None, help="port to listen on [default: serve.port]"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Serve the champion over HTTP until Ctrl-C: POST /ask, POST /feedback, GET /health,
+    POST /reload, and a page at / to ask and rate answers.
+
+    The bundle loads once (its components from paths.component_cache); when the alias moves
+    (checked every serve.poll_seconds, or on POST /reload) the new version is loaded and
+    swapped in without a restart or a dropped request. Answers and feedback are stored in
+    feedback.database."""
+    import uvicorn
+
+    from tasks.lib.serving.feedback import FeedbackStore
+    from tasks.lib.serving.served import alias_version, load_served_bundle
+    from tasks.lib.serving.server import Champion, create_app
+
+    settings = _load(params)
+    followed = alias or settings.serve.alias
+    with _user_errors():
+        champion = Champion(
+            lambda version: load_served_bundle(settings, followed, version),
+            lambda: alias_version(settings, followed),
+        )
+        store = FeedbackStore.open(settings.feedback, settings.project_dir)
+    address = f"http://{host or settings.serve.host}:{port or settings.serve.port}"
+    typer.echo(f"serve: {champion.current.bundle.uri} on {address} (Ctrl-C stops)")
+    app_ = create_app(champion, store, settings.serve)
+    try:
+        uvicorn.run(app_, host=host or settings.serve.host, port=port or settings.serve.port)
+    finally:
+        store.close()
 
 
 def _run_flow(target: Flow, params: Path) -> None:

@@ -47,6 +47,7 @@ from tasks.lib.generation.generator import Decoding, GenerationItem, Passage, it
 from tasks.lib.generation.loader import load_generator
 from tasks.lib.retrieval.encoder import load_encoder
 from tasks.lib.retrieval.retriever import Fusion, Retriever
+from tasks.lib.serving.component_cache import active_cache, cached_version
 from tasks.lib.serving.integrity import verified_download
 
 if TYPE_CHECKING:
@@ -116,11 +117,16 @@ class RagAnswerer:
 @contextlib.contextmanager
 def component_folder(spec: dict[str, str]) -> Iterator[Path]:
     """A pinned registry version (downloaded from the current store and checked against its
-    registered manifest) or, before registration, a local folder; a download is deleted once
-    the component is loaded from it (the model is then in memory)."""
+    registered manifest) or, before registration, a local folder. Inside `using_cache` the
+    version comes from the component cache; otherwise the download is deleted once the
+    component is loaded from it (the model is then in memory)."""
     if "version" in spec:
         from mlflow import MlflowClient
 
+        cache = active_cache.get()
+        if cache is not None:  # a cached version is kept for the next load
+            yield cached_version(MlflowClient(), spec["model"], str(spec["version"]), cache)
+            return
         with tempfile.TemporaryDirectory(
             prefix="ragloop-component.", ignore_cleanup_errors=True
         ) as tmp:

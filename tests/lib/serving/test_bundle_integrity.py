@@ -209,6 +209,10 @@ def test_ask_from_the_registry_refuses_a_tampered_champion_in_the_error_style(
     assert f"sources (models:/{RAG}/{version} (@champion)):" in served.stdout
     data = stored_folder(client, RETRIEVER, registered[RETRIEVER]) / "config.json"
     data.write_text(data.read_text().replace("32", "33"))
+    # This machine keeps serving the bytes it checked when it downloaded them; a machine
+    # without them in its component cache downloads the tampered ones and refuses them.
+    assert CliRunner().invoke(app, ask).exit_code == 0
+    shutil.rmtree(tmp_path / "data" / "cache" / "components")
     result = CliRunner().invoke(app, ask)
     assert result.exit_code == 1
     message = result.stderr.splitlines()[-1]  # after MLflow's download progress bars
