@@ -94,5 +94,7 @@ def test_the_page_asks_shows_the_sources_and_records_a_correction(
         wait.until(
             expected_conditions.text_to_be_present_in_element((By.ID, "thanks"), "Thank you")
         )
-    exported = store.accepted()
-    assert [(f.answer, f.doc_id) for f in exported] == [("Saturn", expected["sources"][0])]
+    rows = store.feedback_rows()  # the oversized correction was refused, and not stored
+    assert [(row.good, row.correction, row.doc_id) for row in rows] == [
+        (False, "Saturn", expected["sources"][0])
+    ]
