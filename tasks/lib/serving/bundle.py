@@ -10,11 +10,20 @@ registered bundle is a few MB and always serves with the exact retriever and gen
 it was evaluated with. On load it re-checks the encoder's fingerprint against the index: a
 bundle can never pair an index with another encoder.
 
-`predict` takes questions (a list of strings, or a DataFrame with a `question` column) and
-returns, per question, the answer, the cited doc ids (the passages in the prompt) and the wider
-ranking the retriever returned. Served, it generates every answer; `evaluate` gives it the
-generation cache (`use_generation_cache`), so answers `evaluate_generation` made to the very
-same prompts are reused.
+`predict` takes questions (a string, a list of strings, or a DataFrame with a `question`
+column) and returns, per question, the answer, the cited doc ids (the passages in the prompt)
+and the wider ranking the retriever returned. Served, it generates every answer; `evaluate`
+gives it the generation cache (`use_generation_cache`), so answers `evaluate_generation` made to
+the very same prompts are reused.
+
+`mlflow models serve -m models:/<bundle>@champion --env-manager local`, run from the project's
+venv, answers MLflow's scoring protocol: `{"inputs": [...]}`, `{"inputs": {"question": [...]}}`,
+`{"dataframe_records": [{"question": ...}]}` and `{"dataframe_split": ...}` alike, an empty
+batch with no predictions, a request without usable questions with a 400 saying why. The
+signature declares the output only, since MLflow enforces a declared input schema on Python
+callers too; the input example shows the `question` column. The recorded pip requirements pin
+the third-party distributions the model code imports (`requirements`), not ragloop, which is
+on no index: a bundle serves in the environment that built it, not in one MLflow makes.
 
 The pyfunc is saved as a *model from code* (`rag_model.py` beside this file): loading it runs
 that file, which is ragloop's own code, and never unpickles anything from the artifact store.
@@ -35,8 +44,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
+import numpy as np
 import pandas as pd
-from mlflow.models import Model
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, Schema
+from mlflow.types.schema import Array
 from pydantic import BaseModel
 
 from tasks.lib.core.config import BundleParams, GeneratorParams, PrecisionParams
@@ -49,6 +63,7 @@ from tasks.lib.retrieval.encoder import load_encoder
 from tasks.lib.retrieval.retriever import Fusion, Retriever
 from tasks.lib.serving.component_cache import active_cache, cached_version
 from tasks.lib.serving.integrity import verified_download
+from tasks.lib.serving.requirements import pinned_requirements
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -61,6 +76,27 @@ CODE_LOADER = "mlflow.pyfunc.loaders.code_model"  # pyfunc's loader of models fr
 # What pickle, cloudpickle, joblib and dill save under; loading any of them can run code.
 PICKLE_SUFFIXES = {".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill"}
 PICKLE_PROTOCOLS = range(2, 6)  # a pickle of protocol 2 or later opens with 0x80 and this byte
+QUESTION = "question"  # the input column (or key) of the scoring protocol's payloads
+QUESTION_FORMS = (
+    '{"inputs": ["..."]}, {"inputs": {"question": ["..."]}}, '
+    '{"dataframe_records": [{"question": "..."}]} or '
+    '{"dataframe_split": {"columns": ["question"], "data": [["..."]]}}'
+)
+# What `RagAnswerer.answer` returns per question. The input side stays undeclared: MLflow
+# would enforce a `question` column on Python callers too and refuse `predict(["..."])`.
+SIGNATURE = ModelSignature(
+    inputs=None,
+    outputs=Schema(
+        [
+            ColSpec("string", QUESTION),
+            ColSpec("string", "answer"),
+            ColSpec(Array("string"), "sources"),
+            ColSpec(Array("string"), "source_titles"),
+            ColSpec(Array("string"), "retrieved"),
+        ]
+    ),
+)
+INPUT_EXAMPLE = pd.DataFrame({QUESTION: ["Which planet has bright rings?"]})
 
 
 class BundlePrecision(BaseModel):
@@ -156,18 +192,55 @@ def bundle_retriever(
     return Retriever.load(index_dir, fusion, encoder=encoder, precision=precision)
 
 
-def questions_of(model_input: Any) -> list[str]:
+def protocol_error(message: str) -> MlflowException:
+    """A bad scoring request: MLflow's scoring server answers it with 400 and `message`."""
+    return MlflowException(
+        f"predict: {message}; send questions as {QUESTION_FORMS}",
+        error_code=INVALID_PARAMETER_VALUE,
+    )
+
+
+def question_values(model_input: Any) -> list[Any]:
+    """The values of one batch's `question` field, in whichever shape the scoring server (which
+    parses with no input schema) or a Python caller hands them over."""
     if isinstance(model_input, pd.DataFrame):
-        if "question" not in model_input.columns:
-            raise InputError("predict: the DataFrame needs a 'question' column")
-        return [str(q) for q in model_input["question"]]
+        if QUESTION in model_input.columns:
+            return model_input[QUESTION].tolist()
+        if model_input.empty:  # `{"dataframe_records": []}` parses to a frame with no columns
+            return []
+        columns = [str(column) for column in model_input.columns]
+        raise protocol_error(f"the input has no {QUESTION!r} column (its columns: {columns})")
+    if isinstance(model_input, dict):
+        if QUESTION not in model_input:
+            raise protocol_error(
+                f"the input has no {QUESTION!r} key (its keys: {[str(key) for key in model_input]})"
+            )
+        model_input = model_input[QUESTION]
+    if isinstance(model_input, np.ndarray):  # JSON arrays arrive as numpy arrays
+        return [model_input.item()] if model_input.ndim == 0 else model_input.tolist()
     if isinstance(model_input, str):
         return [model_input]
-    return [str(q) for q in model_input]
+    if isinstance(model_input, list | tuple | pd.Series):
+        return list(model_input)
+    raise protocol_error(f"unreadable input of type {type(model_input).__name__}")
+
+
+def questions_of(model_input: Any) -> list[str]:
+    """The questions of one batch (an empty batch is no questions), each a non-empty string;
+    anything else is a `protocol_error` naming the first bad one."""
+    questions = question_values(model_input)
+    for position, question in enumerate(questions):
+        if not isinstance(question, str) or not question.strip():
+            raise protocol_error(f"question {position} is {question!r}, not a non-empty string")
+    return [str(question) for question in questions]  # numpy's str_ as plain str
 
 
 class RagBundle(mlflow.pyfunc.PythonModel):
     """The pyfunc face of `RagAnswerer`: loads the components `components.json` names."""
+
+    # Else MLflow wraps `predict` in a check of its input against the annotation (and warns
+    # on import that there is none): reading the protocol's shapes is `questions_of`'s job.
+    _skip_type_hint_validation = True
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         spec = json.loads(read_text(Path(context.artifacts[COMPONENTS])))
@@ -185,10 +258,13 @@ class RagBundle(mlflow.pyfunc.PythonModel):
             Decoding(prompt.max_new_tokens, resolve_precision(precision.generate, "generate")),
         )
 
+    # `model_input` is not annotated: from one MLflow can read (`list[str]`) it would infer
+    # the signature, then refuse the DataFrame payloads, and run the model at save time.
     def predict(
-        self, context: mlflow.pyfunc.PythonModelContext, model_input: list[str], params: Any = None
+        self, context: mlflow.pyfunc.PythonModelContext, model_input, params: Any = None
     ) -> list[dict[str, str | list[str]]]:
-        return self.answerer.answer(questions_of(model_input))
+        questions = questions_of(model_input)
+        return self.answerer.answer(questions) if questions else []
 
 
 def use_generation_cache(bundle: mlflow.pyfunc.PyFuncModel, cache: GenerationCache) -> None:
@@ -264,8 +340,10 @@ def save_bundle(
             str(tmp),
             python_model=MODEL_CODE,
             artifacts={INDEX: str(index_dir), FUSION: str(fusion_file), COMPONENTS: str(staging)},
-            # Explicit: inferring them would load the whole model in a subprocess.
-            pip_requirements=["ragloop"],
+            # All three explicit: inferring any would load the whole model at save time.
+            signature=SIGNATURE,
+            input_example=INPUT_EXAMPLE,
+            pip_requirements=pinned_requirements(Path(MODEL_CODE)),
         )
 
 
