@@ -36,6 +36,7 @@ from tasks.lib.core.records import QARecord
 
 NOT_FOUND, INVALID = 404, 422  # HTTP statuses of a refusal
 CONSUMED_FILE = Path(".state") / "feedback_consumed.json"  # the last retrain's watermark
+EXPORT_METRICS_FILE = "metrics.json"  # in paths.feedback_export_dir; holds `max_feedback_id`
 # What a feedback row gives a training set: a QA record, or the reason it gives none.
 FeedbackUse = Literal[
     "correction",
