@@ -34,6 +34,7 @@ import os
 import random
 import shutil
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +213,7 @@ def write_outputs(
     kinds: dict[str, QuestionKind],
     rejected: list[dict[str, Any]],
     metrics: dict[str, Any],
-    added: list[QARecord],
+    added: Sequence[QARecord] = (),
 ) -> None:
     """Everything in `paths.kb_questions_dir`, replaced together; `added` (feedback) after the
     QA train split's records."""
