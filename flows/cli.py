@@ -284,6 +284,43 @@ def serve(
         store.close()
 
 
+@app.command()
+def feedback(
+    request_id: str = typer.Argument(..., help="the request id the answer was served with"),
+    good: bool = typer.Option(..., "--good/--bad", help="whether the answer was right"),
+    answer: str = typer.Option(None, "--answer", help="the right answer (with --bad)"),
+    doc: str = typer.Option(None, "--doc", help="id of the KB doc that holds the right answer"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Say whether a served answer was right, and correct it: accepted feedback joins the next
+    training set (the feedback_export stage), and enough of it makes `watch` retrain."""
+    from tasks.lib.core.io import InputError
+    from tasks.lib.serving.champion import champion_state
+    from tasks.lib.serving.feedback import FeedbackStore
+    from tasks.lib.serving.registry import registry_client
+
+    settings = _load(params)
+    name = settings.register_.judged
+    with _user_errors():
+        known_docs: set[str] = set()
+        if doc is not None:  # only a named doc needs the served KB, which the registry holds
+            state = champion_state(registry_client(settings), name)
+            if state is None:
+                raise InputError(
+                    f"feedback: --doc {doc!r}: {name} has no champion whose KB could hold it: "
+                    "leave out --doc, or promote a version first (`ragloop promote`)"
+                )
+            known_docs = {d["id"] for d in state.docs}
+        store = FeedbackStore.open(settings.feedback, settings.project_dir)
+        try:
+            feedback_id = store.add_feedback(request_id, good, answer, doc, known_docs)
+        finally:
+            store.close()
+    said = ("good" if good else "bad") + (", corrected" if answer else "")
+    where = f", doc {doc}" if doc else ""
+    typer.echo(f"feedback #{feedback_id} on {request_id} stored ({said}{where})")
+
+
 def _run_flow(target: Flow, params: Path) -> None:
     """Run a flow once in this process (Prefect's temporary local API unless PREFECT_API_URL
     names a server); its failure is one `error:` line like any command's."""

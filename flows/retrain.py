@@ -34,6 +34,7 @@ from tasks.lib.core.io import reported_failures, user_error_reported
 from tasks.lib.core.skipped import skipped_reason
 from tasks.lib.core.tracking import pipeline_run, run_url, tracking_uri
 from tasks.lib.kb.source_state import record_consumed_fingerprint, source_fingerprint
+from tasks.lib.serving.feedback import EXPORT_METRICS_FILE, record_consumed_feedback
 
 GATE_STAGE = "register"
 OUTPUT_TAIL = 40  # lines of a failed stage's output quoted in the error
@@ -234,9 +235,14 @@ def retrain(params_file: str = "params.yaml") -> dict[str, Any]:
     from its file without its imports, so Prefect cannot resolve a `Path` annotation when it
     validates the parameters of a scheduled run.
     """
-    return run_pipeline(
+    result = run_pipeline(
         "retrain", params_file, None, GATE_STAGE, lambda params: params.register_.decision_file
     )
+    # Only a retrain trains on the feedback its export read: the watcher counts newer feedback.
+    params = load_params(Path(params_file).resolve())
+    export = params.project_dir / params.paths.feedback_export_dir / EXPORT_METRICS_FILE
+    record_consumed_feedback(params.project_dir, export, result["flow_run_id"])
+    return result
 
 
 def flow_main(target: Flow[[str], Any], module: str) -> None:

@@ -18,6 +18,12 @@ KB has a QA set. Without one (all real splits empty) train stays empty, dev is t
 and test the KB held-out set, and the KB's own dev and held-out files are left empty, so no
 question is evaluated twice. `source.json` there says which kind each split holds.
 
+Feedback on served answers (`paths.feedback_export`, from the feedback_export stage) joins the
+train split only, after its other records: a question already in train, or in any split that
+is evaluated (QA dev and test, the KB dev and held-out sets), is dropped, so feedback never
+leaks into an evaluation. Without feedback (no export file, or nothing left to add) every
+output is what it was without this step, byte for byte.
+
 Outputs in `paths.kb_questions_dir`: {train,dev,heldout}.jsonl, rejected.jsonl (generated
 triples dropped, with the reason), metrics.json, and the QA splits folder.
 """
@@ -28,13 +34,21 @@ import os
 import random
 import shutil
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tasks.lib.core.config import KbQuestionsParams, Params, PathsParams, load_params
-from tasks.lib.core.io import InputError, atomic_path, run_stage, write_json, write_jsonl
+from tasks.lib.core.io import (
+    InputError,
+    atomic_path,
+    jsonl_lines,
+    run_stage,
+    write_json,
+    write_jsonl,
+)
 from tasks.lib.core.precision import resolve_precision
 from tasks.lib.core.records import (
     KB_SPLITS,
@@ -44,6 +58,7 @@ from tasks.lib.core.records import (
     QuestionKind,
     normalize_question,
     read_docs,
+    read_qa,
     read_qa_splits,
     write_qa_sources,
 )
@@ -169,6 +184,28 @@ def qa_splits_for(
     return qa, {"train": kb["train"], "dev": [], "heldout": []}, kinds
 
 
+def read_feedback(path: Path) -> list[QARecord]:
+    """feedback_export's QA records; none when it never ran (no feedback was ever given)."""
+    return read_qa(path, allow_empty=True) if path.is_file() else []
+
+
+def feedback_additions(
+    feedback: list[QARecord], train: list[QARecord], evaluated: list[QARecord]
+) -> list[QARecord]:
+    """The feedback records train gains: not a question train holds already, never one an
+    evaluated split holds, the first of several spellings of one question, no id train has."""
+    taken = {normalize_question(r.question) for r in [*train, *evaluated]}
+    ids = {r.id for r in train}
+    added = []
+    for record in feedback:
+        question = normalize_question(record.question)
+        if question in taken or record.id in ids:
+            continue
+        taken.add(question)
+        added.append(record)
+    return added
+
+
 def write_outputs(
     paths: PathsParams,
     qa: dict[str, list[QARecord]] | None,
@@ -176,8 +213,10 @@ def write_outputs(
     kinds: dict[str, QuestionKind],
     rejected: list[dict[str, Any]],
     metrics: dict[str, Any],
+    added: Sequence[QARecord] = (),
 ) -> None:
-    """Everything in `paths.kb_questions_dir`, replaced together."""
+    """Everything in `paths.kb_questions_dir`, replaced together; `added` (feedback) after the
+    QA train split's records."""
     if not paths.retrieval_qa_dir.is_relative_to(paths.kb_questions_dir):
         raise InputError(
             f"paths.retrieval_qa_dir ({paths.retrieval_qa_dir}) must be inside "
@@ -191,6 +230,11 @@ def write_outputs(
                 shutil.copyfile(paths.dedup_qa_dir / f"{name}.jsonl", qa_out / f"{name}.jsonl")
             else:
                 write_jsonl(qa_out / f"{name}.jsonl", qa[name])
+        if added:
+            train = qa_out / "train.jsonl"
+            text = train.read_text(encoding="utf-8")
+            separator = "\n" if text and not text.endswith("\n") else ""
+            train.write_text(text + separator + jsonl_lines(added), encoding="utf-8")
         write_qa_sources(qa_out, kinds)
         for name, records in kb.items():
             write_jsonl(out / f"{name}.jsonl", records)
@@ -211,16 +255,27 @@ def main(params_file: Path = Path("params.yaml")) -> None:
         else:
             kb, rejected, metrics = generated_kb_questions(params, docs, real, real_gold)
         qa, kb_written, kinds = qa_splits_for(real, kb, source)
+        splits = real if qa is None else qa
+        added = feedback_additions(
+            read_feedback(params.paths.feedback_export),
+            [*splits["train"], *kb["train"]],
+            [*splits["dev"], *splits["test"], *kb["dev"], *kb["heldout"]],
+        )
         metrics = {"source": source, **metrics} | {
             "questions": {name: len(records) for name, records in kb.items()},
             "written": {name: len(records) for name, records in kb_written.items()},
         }
-        write_outputs(params.paths, qa, kb_written, kinds, rejected, metrics)
+        if added:  # absent without feedback: the metrics file stays what it was
+            metrics["feedback_records"] = len(added)
+        write_outputs(params.paths, qa, kb_written, kinds, rejected, metrics, added)
         counts = {f"{name}_questions": len(records) for name, records in kb.items()}
+        counts["feedback_records"] = len(added)
         run.log_metrics(counts | {k: v for k, v in metrics.items() if isinstance(v, int | float)})
         if source == "generated":
             run.set_tags({"precision.encode": metrics["encode_precision"]})
     print(f"kb_questions: {source} questions; QA splits {kinds} -> {params.paths.retrieval_qa_dir}")
+    if added:
+        print(f"kb_questions: train split + {len(added)} feedback records")
     if source == "generated":
         print(
             f"kb_questions: {metrics['kept']} of {metrics['docs_sampled']} docs kept; "

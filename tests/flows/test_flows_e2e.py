@@ -229,9 +229,9 @@ def test_second_run_with_nothing_changed_does_nothing(
     versions = registry_versions(client)
     again = retrain(str(project))
     assert again["stages"] == first_run["stages"]
-    # DVC skipped every stage but kb_changes, which reads the registry (always_changed): it
-    # wrote the same change set, so nothing after it ran.
-    assert again["ran"] == ["kb_changes"]
+    # DVC skipped every stage but kb_changes and feedback_export, which read the registry and
+    # the feedback database (always_changed): they wrote the same bytes, so nothing after ran.
+    assert again["ran"] == ["kb_changes", "feedback_export"]
     assert again["gate"] is None
     assert client.get_run(again["mlflow_run_id"]).data.tags["gate.decision"] == "none"
     assert len(runs_of_stage(client, project, "register")) == 1  # the gate was not called

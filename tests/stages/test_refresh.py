@@ -307,6 +307,7 @@ def test_dvc_repro_of_the_refresh_path_on_a_fresh_clone(tmp_path: Path, models) 
     assert pipeline_stages(tmp_path, "refresh_register") == [
         *path,
         "index",
+        "feedback_export",
         "kb_questions",
         *refresh,
         "refresh_evaluate",

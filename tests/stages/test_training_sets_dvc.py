@@ -39,6 +39,7 @@ STAGES = (
     "validate",
     "dedup",
     "index",
+    "feedback_export",  # kb_questions reads its export (empty here)
     "kb_questions",
     "retriever_training_set",
     "finetune_retriever",

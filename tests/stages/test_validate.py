@@ -15,9 +15,10 @@ import pytest
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
 
 from tasks.lib.core.config import ValidateParams, load_params
+from tasks.lib.core.expectations import qa_frame
 from tasks.lib.core.io import InputError, run_stage, write_jsonl
 from tasks.lib.core.records import Doc, QARecord
-from tasks.validate import control_char_share, main, qa_frame, validate
+from tasks.validate import control_char_share, main, validate
 
 PARAMS_FILE = Path(__file__).resolve().parents[2] / "params.yaml"
 Splits = dict[str, list[QARecord]]
