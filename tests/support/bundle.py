@@ -8,6 +8,7 @@ attacker with write access to the artifact store would.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import mlflow
@@ -18,6 +19,7 @@ from tasks.lib.core.io import write_json
 from tasks.lib.retrieval.retriever import Fusion
 from tasks.lib.serving.bundle import components_spec, pin_components, save_bundle
 from tasks.lib.serving.registry import register_models
+from tests.support.projects import make_project
 from tests.support.retrieval import build_tiny_index, make_tiny_encoder
 from tests.support.tiny_generator import INSTRUCTIONS, make_tiny_generator
 
@@ -78,6 +80,15 @@ def register_bundle(
         RAG: bundle_dir,
     }
     return register_models(client, run_id, folders, RAG, pin_components)
+
+
+def serving_project(root: Path, **overrides: Any) -> Path:
+    """A tracked project whose registry models are the tiny bundle's (their folders are never
+    read: the versions come from the registry); its params file."""
+    models = {SERVING.retriever_model: "r", SERVING.generator_model: "g", RAG: "b"}
+    return make_project(
+        root, tracked=True, register__models=models, register__judged=RAG, **overrides
+    )
 
 
 def stored_folder(client: MlflowClient, model: str, version: str) -> Path:

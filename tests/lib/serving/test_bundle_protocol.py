@@ -5,6 +5,7 @@ example and the pinned third-party requirements of its code, all without running
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -66,7 +67,9 @@ def server(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """The base URL of `mlflow models serve` of the tiny bundle, one worker, this venv."""
     port = free_port()
     path = [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}  # this checkout's ragloop
+    # this checkout's ragloop, and the venv's bin first: MLflow starts `uvicorn` from PATH
+    binaries = os.pathsep.join([str(MLFLOW_CLI.parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PATH": binaries}
     log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
     command = [str(MLFLOW_CLI), "models", "serve", "-m", str(bundle_dir)]
     command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
@@ -90,7 +93,8 @@ def server(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:

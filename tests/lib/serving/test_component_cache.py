@@ -20,10 +20,10 @@ from tests.support.bundle import (
     RAG,
     SERVING,
     register_bundle,
+    serving_project,
     sqlite_registry,
     stored_folder,
 )
-from tests.support.projects import make_project
 
 GENERATOR = SERVING.generator_model
 
@@ -42,7 +42,7 @@ def client(store: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> MlflowCli
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    return make_project(tmp_path, tracked=True, register__judged=RAG)
+    return serving_project(tmp_path)
 
 
 def test_a_served_bundle_loads_from_the_cache_once_its_versions_are_there(

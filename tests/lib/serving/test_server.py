@@ -18,8 +18,7 @@ from tasks.lib.serving.feedback import FeedbackStore
 from tasks.lib.serving.registry import promote
 from tasks.lib.serving.served import alias_version, load_served_bundle
 from tasks.lib.serving.server import Champion, create_app
-from tests.support.bundle import QUESTIONS, RAG, register_bundle, sqlite_registry
-from tests.support.projects import make_project
+from tests.support.bundle import QUESTIONS, RAG, register_bundle, serving_project, sqlite_registry
 from tests.support.serving import running
 
 
@@ -43,9 +42,7 @@ def champion_version(client: MlflowClient, store, parts, bundle_dir) -> str:
 
 
 def project_params(root: Path, poll_seconds: float) -> Params:
-    return load_params(
-        make_project(root, tracked=True, register__judged=RAG, serve__poll_seconds=poll_seconds)
-    )
+    return load_params(serving_project(root, serve__poll_seconds=poll_seconds))
 
 
 @pytest.fixture

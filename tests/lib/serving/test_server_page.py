@@ -22,8 +22,7 @@ from tasks.lib.serving.feedback import FeedbackStore
 from tasks.lib.serving.registry import promote
 from tasks.lib.serving.served import alias_version, load_served_bundle
 from tasks.lib.serving.server import Champion, create_app
-from tests.support.bundle import QUESTIONS, RAG, register_bundle, sqlite_registry
-from tests.support.projects import make_project
+from tests.support.bundle import QUESTIONS, RAG, register_bundle, serving_project, sqlite_registry
 from tests.support.serving import running
 
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -62,7 +61,7 @@ def test_the_page_asks_shows_the_sources_and_records_a_correction(
     client = MlflowClient(uri)
     version = register_bundle(client, experiment, parts, bundle_dir)[RAG]
     promote(client, RAG, version, by="test")
-    params = load_params(make_project(tmp_path / "project", tracked=True, register__judged=RAG))
+    params = load_params(serving_project(tmp_path / "project"))
     champion = Champion(
         lambda v: load_served_bundle(params, "champion", v),
         lambda: alias_version(params, "champion"),
