@@ -67,9 +67,12 @@ def server(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """The base URL of `mlflow models serve` of the tiny bundle, one worker, this venv."""
     port = free_port()
     path = [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    # this checkout's ragloop, and the venv's bin first: MLflow starts `uvicorn` from PATH
-    binaries = os.pathsep.join([str(MLFLOW_CLI.parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PATH": binaries}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(path),  # this checkout's ragloop
+        # the venv activated, as a user serves from it: the CLI runs `uvicorn` from PATH
+        "PATH": os.pathsep.join([str(MLFLOW_CLI.parent), os.environ.get("PATH", "")]),
+    }
     log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
     command = [str(MLFLOW_CLI), "models", "serve", "-m", str(bundle_dir)]
     command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
@@ -93,7 +96,7 @@ def server(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             time.sleep(0.5)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
+        with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
             os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=30)
