@@ -15,6 +15,7 @@ from flows.watch import untrained_feedback, watch, with_feedback
 from tasks.lib.core.config import load_params
 from tasks.lib.kb.source_state import record_consumed_fingerprint, source_fingerprint
 from tasks.lib.serving.feedback import FeedbackStore, record_consumed_feedback
+from tasks.lib.serving.registry import registry_client
 from tests.support.projects import make_project
 
 
@@ -79,6 +80,7 @@ def test_a_doc_needs_a_champion_to_check_it_against(
 ) -> None:
     params_file = make_project(tmp_path, tracked=True)  # a real, empty MLflow registry
     monkeypatch.chdir(tmp_path)
+    registry_client(load_params(params_file))  # made before: its creation logs INFO lines
     (request_id,) = served(params_file, "Which planet has rings?")
     refused = invoke("feedback", request_id, "--bad", "--answer", "Saturn", "--doc", "saturn")
     assert refused.exit_code == 1

@@ -19,6 +19,7 @@ from tasks.lib.core.io import read_jsonl
 from tasks.lib.core.records import QARecord, read_qa
 from tasks.lib.serving.feedback import FeedbackStore
 from tests.stages.test_kb_questions import described_docs, make_kb_project
+from tests.support.projects import dvc, init_dvc_project, ran_stages
 from tests.support.retrieval import tiny_docs, tiny_qa
 
 
@@ -156,3 +157,16 @@ def test_without_real_qa_feedback_is_the_train_split_and_kb_eval_questions_stay_
     assert [(r.question, r.doc_ids) for r in train] == [
         ("What is brewed from cured leaves?", ["tea"])
     ]
+
+
+def test_dvc_reruns_kb_questions_only_when_the_feedback_changed(params_file: Path) -> None:
+    """feedback_export runs on every repro; what follows it, only when its bytes moved."""
+    root = params_file.parent
+    init_dvc_project(root, ["feedback_export", "kb_questions"])
+    assert ran_stages(dvc(root, "repro").stdout) == ["feedback_export", "kb_questions"]
+    assert ran_stages(dvc(root, "repro").stdout) == ["feedback_export"]
+    give_feedback(params_file)
+    assert ran_stages(dvc(root, "repro").stdout) == ["feedback_export", "kb_questions"]
+    train = read_qa(load_params(params_file).paths.retrieval_qa_dir / "train.jsonl")
+    assert train[-1].question == "What is brewed from cured leaves?"
+    assert ran_stages(dvc(root, "repro").stdout) == ["feedback_export"]

@@ -67,7 +67,7 @@ def test_accepted_feedback_is_stored_with_its_answer(tmp_path: Path, store: Feed
         (True, False, "   ", "saturn", 422, r"corrected answer is empty"),
         (True, False, "x" * 21, "saturn", 422, r"21 characters.*feedback.max_text_chars 20"),
         (True, False, "Saturn", "pluto", 422, r"doc id 'pluto' is not in the served KB"),
-        (True, True, "Saturn", None, 422, r"correction on an answer marked good.*--bad"),
+        (True, True, "Saturn", None, 422, r"corrected answer on an answer marked good.*--bad"),
     ],
 )
 def test_each_refusal_names_the_field_and_stores_nothing(
