@@ -220,24 +220,41 @@ def ask(
     question: str = typer.Argument(..., help="the question to answer"),
     alias: str = typer.Option("champion", help="registry alias to serve (champion, challenger)"),
     bundle: Path = BUNDLE_OPTION,
+    local: bool = typer.Option(
+        False, "--local", help="load the bundle here even if `ragloop serve` serves the alias"
+    ),
     params: Path = PARAMS_OPTION,
 ) -> None:
     """Answer a question with the champion RAG bundle from the registry, citing its sources.
 
-    A registered bundle is checked file by file against the sha256 manifest the registry holds,
-    and any bundle against running other code than ragloop's, before it is loaded. Registered
-    versions are downloaded once into paths.component_cache and reused by later calls."""
-    from tasks.lib.serving.bundle import load_bundle
-    from tasks.lib.serving.served import load_served_bundle
-
+    When `ragloop serve` runs at serve.host:serve.port and serves that alias, it answers (in
+    about a second, with a request id for `ragloop feedback`); otherwise the bundle is loaded
+    here. A registered bundle is checked file by file against the sha256 manifest the registry
+    holds, and any bundle against running other code than ragloop's, before it is loaded.
+    Registered versions are downloaded once into paths.component_cache and reused."""
     settings = _load(params)
     with _user_errors():
+        if bundle is None and not local:
+            from tasks.lib.serving.client import served_answer, server_url
+
+            url = server_url(settings.serve.host, settings.serve.port)
+            served = served_answer(url, settings.register_.judged, alias, question)
+            if served is not None:
+                uri = f"models:/{served['model']}/{served['version']} (@{alias})"
+                typer.echo(served["answer"])
+                typer.echo(f"sources ({uri} via {url}, request {served['request_id']}):")
+                for rank, source in enumerate(served["sources"], start=1):
+                    typer.echo(f"  [{rank}] {source['title']} ({source['id']})")
+                return
+        from tasks.lib.serving.bundle import load_bundle
+        from tasks.lib.serving.served import load_served_bundle
+
         if bundle is not None:
             uri = str(bundle)
             model = load_bundle(bundle)
         else:
-            served = load_served_bundle(settings, alias)
-            uri, model = served.uri, served.pyfunc
+            loaded = load_served_bundle(settings, alias)
+            uri, model = loaded.uri, loaded.pyfunc
         (result,) = model.predict([question])
     typer.echo(result["answer"])
     typer.echo(f"sources ({uri}):")

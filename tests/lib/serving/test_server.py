@@ -11,7 +11,9 @@ import httpx
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from typer.testing import CliRunner
 
+from flows.cli import app
 from tasks.lib.core.config import Params, load_params
 from tasks.lib.serving.bundle import load_bundle
 from tasks.lib.serving.feedback import FeedbackStore
@@ -19,7 +21,7 @@ from tasks.lib.serving.registry import promote
 from tasks.lib.serving.served import alias_version, load_served_bundle
 from tasks.lib.serving.server import Champion, create_app
 from tests.support.bundle import QUESTIONS, RAG, register_bundle, serving_project, sqlite_registry
-from tests.support.serving import running
+from tests.support.serving import free_port, running
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +55,13 @@ def served(tmp_path: Path, champion_version: str) -> Iterator[tuple[str, Params]
         yield url, params
 
 
-def serving(params: Params):
+def serving(params: Params, port: int | None = None):
     champion = Champion(
         lambda version: load_served_bundle(params, "champion", version),
         lambda: alias_version(params, "champion"),
     )
     feedback = FeedbackStore.open(params.feedback, params.project_dir)
-    return running(create_app(champion, feedback, params.serve))
+    return running(create_app(champion, feedback, params.serve), port)
 
 
 def test_ask_answers_as_the_bundle_does_with_its_sources_and_a_request_id(
@@ -176,3 +178,34 @@ def test_reload_on_request_when_polling_is_off(
         assert httpx.post(f"{url}/reload", timeout=60).json() == {"reloaded": True, "version": new}
         answer = httpx.post(f"{url}/ask", json={"question": QUESTIONS[0]}, timeout=60).json()
         assert answer["version"] == new
+
+
+def test_ask_goes_through_the_running_server_and_loads_the_bundle_itself_without_one(
+    tmp_path: Path, champion_version: str, bundle_dir: Path
+) -> None:
+    port = free_port()
+    params_file = serving_project(tmp_path, serve__port=port, serve__poll_seconds=0)
+    params = load_params(params_file)
+    expected = load_bundle(bundle_dir).predict(QUESTIONS[:1])[0]
+    ask = ["ask", QUESTIONS[0], "--params", str(params_file)]
+    with serving(params, port) as url:
+        via_server = CliRunner().invoke(app, ask)
+        assert via_server.exit_code == 0, via_server.output
+        # (the server, in this process, prints its own `serve:` lines to the same stdout)
+        lines = [line for line in via_server.stdout.splitlines() if not line.startswith("serve:")]
+        assert lines[0] == expected["answer"]
+        served_by = f"sources (models:/{RAG}/{champion_version} (@champion) via {url}, request "
+        assert lines[1].startswith(served_by)
+        assert [line.split("] ", 1)[1] for line in lines[2:]] == [
+            f"{title} ({doc_id})"
+            for title, doc_id in zip(expected["source_titles"], expected["sources"], strict=True)
+        ]
+        # The server serves the champion only: another alias, or --local, loads here.
+        for extra in (["--alias", "challenger"], ["--local"]):
+            here = CliRunner().invoke(app, [*ask, *extra])
+            assert here.exit_code == 0, here.output
+            assert " via " not in here.stdout
+    alone = CliRunner().invoke(app, ask)  # no server any more: the bundle loads here
+    assert alone.exit_code == 0, alone.output
+    assert alone.stdout.splitlines()[0] == expected["answer"]
+    assert f"sources (models:/{RAG}/{champion_version} (@champion)):" in alone.stdout
