@@ -294,7 +294,7 @@ def serve(
         store = FeedbackStore.open(settings.feedback, settings.project_dir)
     address = f"http://{host or settings.serve.host}:{port or settings.serve.port}"
     typer.echo(f"serve: {champion.current.bundle.uri} on {address} (Ctrl-C stops)")
-    app_ = create_app(champion, store, settings.serve)
+    app_ = create_app(champion, store, settings.serve, settings.bundle.batch_size)
     try:
         uvicorn.run(app_, host=host or settings.serve.host, port=port or settings.serve.port)
     finally:

@@ -10,16 +10,20 @@ The bundle is loaded once, its components from the component cache. A poller (ev
 when it moved, the new version loads beside the old one and replaces it in one assignment:
 a request in flight finishes with the bundle it started with, the next one gets the new one,
 and none is refused. A failed load keeps the old version serving and is reported by `/health`.
-Generation runs one request at a time (a lock): two on two cores would each take twice as long.
-Every answer is recorded in the feedback store, under the request id the answer carries.
+Generation runs in one thread, in batches: the questions that arrived while a batch was being
+answered are answered together next (up to `bundle.batch_size`), so concurrent clients share
+one forward pass instead of queueing one by one, and two generations never compete for the two
+cores. Every answer is recorded in the feedback store, under the request id the answer carries.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,6 +119,50 @@ class Champion:
                 print(f"serve: alias check failed, still serving the old version: {err}")
 
 
+Answered = tuple[dict[str, Any], Served]  # an answer, and the bundle (version) that gave it
+
+
+class Batcher:
+    """One thread answering the waiting questions together, with the bundle serving then."""
+
+    def __init__(self, champion: Champion, batch_size: int) -> None:
+        self._champion, self._batch_size = champion, batch_size
+        self._waiting: queue.Queue[tuple[str, Future[Answered]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._waiting.put(None)
+        self._thread.join()
+
+    def answer(self, question: str) -> Answered:
+        """Wait for this question's turn (its batch) and its answer."""
+        future: Future[Answered] = Future()
+        self._waiting.put((question, future))
+        return future.result()
+
+    def _run(self) -> None:
+        while (first := self._waiting.get()) is not None:
+            batch = [first]
+            while len(batch) < self._batch_size and not self._waiting.empty():
+                item = self._waiting.get()
+                if item is None:
+                    self._waiting.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            served = self._champion.current
+            try:
+                answers = served.bundle.answer([question for question, _ in batch])
+            except Exception as err:  # a failed batch fails its requests, not the server
+                for _, future in batch:
+                    future.set_exception(err)
+                continue
+            for (_, future), answer in zip(batch, answers, strict=True):
+                future.set_result((answer, served))
+
+
 def source_list(
     answer: dict[str, Any], docs: dict[str, dict[str, str]], chars: int
 ) -> list[Source]:
@@ -124,21 +172,26 @@ def source_list(
     ]
 
 
-def create_app(champion: Champion, store: FeedbackStore, settings: ServeParams) -> FastAPI:
-    """The app over a loaded `champion`; polls the alias while it runs if poll_seconds > 0."""
+def create_app(
+    champion: Champion, store: FeedbackStore, settings: ServeParams, batch_size: int
+) -> FastAPI:
+    """The app over a loaded `champion`, answering up to `batch_size` questions together;
+    polls the alias while it runs if poll_seconds > 0."""
+    batcher = Batcher(champion, batch_size)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
+        batcher.start()
         if settings.poll_seconds > 0:
             threading.Thread(
                 target=champion.poll, args=(settings.poll_seconds, stop), daemon=True
             ).start()
         yield
         stop.set()
+        batcher.stop()
 
     app = FastAPI(title="ragloop", lifespan=lifespan)
-    generating = threading.Lock()
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -166,10 +219,8 @@ def create_app(champion: Champion, store: FeedbackStore, settings: ServeParams) 
                 f"question: {len(question)} characters, more than serve.max_question_chars "
                 f"({settings.max_question_chars}); shorten it",
             )
-        served = champion.current  # this request keeps this version, whatever moves meanwhile
         started = time.perf_counter()
-        with generating:
-            (answer,) = served.bundle.answer([question])
+        answer, served = batcher.answer(question)  # with the version serving when it ran
         sources = source_list(answer, served.docs, settings.snippet_chars)
         request_id = store.record_answer(
             question,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from collections.abc import Iterator
@@ -61,7 +62,7 @@ def serving(params: Params, port: int | None = None):
         lambda: alias_version(params, "champion"),
     )
     feedback = FeedbackStore.open(params.feedback, params.project_dir)
-    return running(create_app(champion, feedback, params.serve), port)
+    return running(create_app(champion, feedback, params.serve, params.bundle.batch_size), port)
 
 
 def test_ask_answers_as_the_bundle_does_with_its_sources_and_a_request_id(
@@ -209,3 +210,22 @@ def test_ask_goes_through_the_running_server_and_loads_the_bundle_itself_without
     assert alone.exit_code == 0, alone.output
     assert alone.stdout.splitlines()[0] == expected["answer"]
     assert f"sources (models:/{RAG}/{champion_version} (@champion)):" in alone.stdout
+
+
+def test_concurrent_questions_are_answered_together_each_with_its_own_answer(
+    served: tuple[str, Params], bundle_dir: Path
+) -> None:
+    url, _ = served
+    bundle = load_bundle(bundle_dir)
+    questions = QUESTIONS * 3
+    expected = {question: bundle.predict([question])[0]["answer"] for question in QUESTIONS}
+    with (
+        httpx.Client(timeout=60) as http,
+        concurrent.futures.ThreadPoolExecutor(len(questions)) as pool,
+    ):
+        responses = list(
+            pool.map(lambda q: http.post(f"{url}/ask", json={"question": q}), questions)
+        )
+    assert [r.status_code for r in responses] == [200] * len(questions)
+    assert [r.json()["answer"] for r in responses] == [expected[q] for q in questions]
+    assert len({r.json()["request_id"] for r in responses}) == len(questions)

@@ -69,7 +69,7 @@ def test_the_page_asks_shows_the_sources_and_records_a_correction(
     store = FeedbackStore.open(params.feedback, params.project_dir)
     expected = load_bundle(bundle_dir).predict(QUESTIONS[:1])[0]
     wait = WebDriverWait(browser, 60)
-    with running(create_app(champion, store, params.serve)) as url:
+    with running(create_app(champion, store, params.serve, params.bundle.batch_size)) as url:
         browser.get(url)
         wait.until(
             expected_conditions.text_to_be_present_in_element((By.ID, "served"), f"v{version}")
