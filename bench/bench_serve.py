@@ -5,6 +5,7 @@ On a project whose registry holds a champion, over the first real test questions
   every call paid before the cache (download the bundle and its 540 MB generator, check,
   load, answer);
 - `ask, warm cache`: the same command once the cache holds the versions;
+- `ask, serve running`: the same command while `ragloop serve` serves the alias, which answers;
 - `serve, sequential`: one client, one question at a time, over HTTP to `ragloop serve`;
 - `serve, concurrent`: M clients at once, each asking its share of the questions.
 Per row: latency p50 / p95 / max, errors, and the answers' token F1 against the gold answers
@@ -101,7 +102,7 @@ def row(name: str, timed: list[Timed], golds: list[tuple[str, ...]]) -> str:
     errors = sum(answer is None for _, answer in timed)
     f1 = statistics.mean(token_f1(a or "", g) for (_, a), g in zip(timed, golds, strict=True))
     return (
-        f"| {name:<26} | {len(timed):>3} | {percentile(seconds, 0.5):>7.2f} | "
+        f"| {name:<28} | {len(timed):>3} | {percentile(seconds, 0.5):>7.2f} | "
         f"{percentile(seconds, 0.95):>7.2f} | {max(seconds):>7.2f} | {errors:>6} | {f1:>7.3f} |"
     )
 
@@ -131,8 +132,8 @@ def main() -> None:
         finally:
             scratch.unlink()
     print(f"\nbench_serve: {os.cpu_count()} CPUs; seconds per question, as a client sees it")
-    print("| path                       |   n |     p50 |     p95 |     max | errors | mean F1 |")
-    print("|----------------------------|-----|---------|---------|---------|--------|---------|")
+    print("| path                         |   n |     p50 |     p95 |     max | errors | mean F1 |")
+    print("|------------------------------|-----|---------|---------|---------|--------|---------|")
     for line in rows:
         print(line)
 
@@ -167,6 +168,8 @@ def measure(
             http_ask(http, url, served[0])  # the first request pays for lazy initialisation
             sequential = [http_ask(http, url, question) for question in served]
         print("serve, sequential: done")
+        via_server = [ask_once(params_file, question) for question in asked]
+        print(f"ask, serve running: {', '.join(f'{s:.2f}' for s, _ in via_server)} s")
         with (
             httpx.Client(limits=httpx.Limits(max_connections=args.clients)) as http,
             concurrent.futures.ThreadPoolExecutor(args.clients) as pool,
@@ -178,6 +181,7 @@ def measure(
     return [
         row("ask, cold cache (before)", cold, asked_golds),
         row("ask, warm cache", warm, asked_golds),
+        row("ask, serve running", via_server, asked_golds),
         row("serve, sequential", sequential, served_golds),
         row(f"serve, {args.clients} concurrent clients", concurrent_, served_golds),
     ]
