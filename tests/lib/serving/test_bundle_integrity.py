@@ -41,7 +41,6 @@ from tests.support.bundle import (
     RAG,
     SERVING,
     register_bundle,
-    sqlite_registry,
     stored_folder,
 )
 from tests.support.projects import make_project
@@ -79,19 +78,6 @@ def pickled_bundle(bundle_dir: Path, out: Path, marker: Path) -> Path:
     flavor.update(loader_module="mlflow.pyfunc.model", python_model="python_model.pkl")
     (out / "MLmodel").write_text(yaml.safe_dump(mlmodel))
     return out
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """One sqlite registry for the module; each test registers versions of its own."""
-    return sqlite_registry(tmp_path_factory.mktemp("registry"))
-
-
-@pytest.fixture
-def client(store: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store[0])  # where pinned components resolve
-    mlflow.set_tracking_uri(store[0])
-    return MlflowClient(store[0])
 
 
 @pytest.fixture

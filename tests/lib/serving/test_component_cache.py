@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -21,23 +20,10 @@ from tests.support.bundle import (
     SERVING,
     register_bundle,
     serving_project,
-    sqlite_registry,
     stored_folder,
 )
 
 GENERATOR = SERVING.generator_model
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    return sqlite_registry(tmp_path_factory.mktemp("registry"))
-
-
-@pytest.fixture
-def client(store: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store[0])
-    mlflow.set_tracking_uri(store[0])
-    return MlflowClient(store[0])
 
 
 @pytest.fixture

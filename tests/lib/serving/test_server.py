@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import mlflow
 import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -21,20 +20,8 @@ from tasks.lib.serving.feedback import FeedbackStore
 from tasks.lib.serving.registry import promote
 from tasks.lib.serving.served import alias_version, load_served_bundle
 from tasks.lib.serving.server import Champion, create_app
-from tests.support.bundle import QUESTIONS, RAG, register_bundle, serving_project, sqlite_registry
+from tests.support.bundle import QUESTIONS, RAG, register_bundle, serving_project
 from tests.support.serving import free_port, running
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    return sqlite_registry(tmp_path_factory.mktemp("registry"))
-
-
-@pytest.fixture
-def client(store: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store[0])
-    mlflow.set_tracking_uri(store[0])
-    return MlflowClient(store[0])
 
 
 @pytest.fixture
